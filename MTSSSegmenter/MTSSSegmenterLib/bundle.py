@@ -1,0 +1,306 @@
+"""Model bundles: a folder with ``model.safetensors`` (weights) and ``model.json`` (everything else).
+
+A bundle carries what is needed to rebuild and check a model: format version, network config, supported
+modality subsets and how the network is told which are present, populations, label map, preprocessing,
+inference settings, training provenance, metrics, licence and the sha256 of the weights. Loading checks
+the checksum and never unpickles anything.
+
+Bundles are found in this order: an explicit path (``--model PATH``); a name in the user's model folder
+(``$MTSS_HOME/models``, default ``~/.mtss/models``, shared by the command line and Slicer); the bundles
+shipped as package data (``MTSSSegmenterLib/data/``). Without ``--model``, ``default`` is looked up in the
+same order.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .constants import LABELS, MODALITY_CODES, POPULATION_CODES, REGION_CODES
+from .errors import BundleError
+from .networks import NetworkConfig, SegNetwork, build_network
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mtss-bundle"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "model.json"
+DEFAULT_NAME = "default"
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+DEFAULT_PREPROCESSING: dict[str, Any] = {
+    "orientation": "LPS",  # canonical voxel order the network works in (DICOM/ITK axes)
+    "spacing_mm": [1.0, 1.0, 1.0],
+    "crop": "brain",  # crop to the bounding box of non-zero voxels, plus margin
+    "crop_margin_mm": 8.0,
+    "normalization": "zscore-brain",  # per modality, inside the brain mask
+    "clip_percentiles": [0.5, 99.5],
+}
+DEFAULT_INFERENCE: dict[str, Any] = {"roi_size": [128, 128, 128], "overlap": 0.25, "threshold": 0.5}
+
+
+def user_model_dir() -> Path:
+    """``$MTSS_HOME/models`` (default ``~/.mtss/models``): where the command line and Slicer look."""
+    home = os.environ.get("MTSS_HOME") or os.path.join(os.path.expanduser("~"), ".mtss")
+    return Path(home) / "models"
+
+
+def default_meta(network: NetworkConfig, **overrides: Any) -> dict[str, Any]:
+    """A complete ``model.json`` dict with defaults; training code fills provenance and metrics."""
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": "unnamed",
+        "description": "",
+        "license": "Apache-2.0",
+        "role": "student",
+        "trained_on": "unknown",
+        "network": network.to_dict(),
+        "modalities": list(MODALITY_CODES),
+        "modality_subsets": "any-nonempty",
+        "modality_encoding": "mask-channels",
+        "populations": list(POPULATION_CODES),
+        "labels": {str(lab.value): lab.code for lab in LABELS},
+        "regions": list(REGION_CODES),
+        "output": "region-sigmoid",
+        "preprocessing": copy.deepcopy(DEFAULT_PREPROCESSING),
+        "inference": copy.deepcopy(DEFAULT_INFERENCE),
+        "training": {},
+        "metrics": {},
+        "mtss_version": __version__,
+    }
+    meta.update(copy.deepcopy(overrides))
+    return meta
+
+
+@dataclass
+class Bundle:
+    """A loaded, checked bundle: its folder, metadata and network (in eval mode, on CPU)."""
+
+    path: Path
+    meta: dict[str, Any]
+    network: SegNetwork
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.path.name))
+
+    @property
+    def network_config(self) -> NetworkConfig:
+        return self.network.config
+
+    def supports(self, modalities: list[str] | tuple[str, ...]) -> bool:
+        """Whether the bundle accepts this set of input modalities."""
+        present = set(modalities)
+        if not present or not present <= set(self.meta["modalities"]):
+            return False
+        subsets = self.meta.get("modality_subsets", "any-nonempty")
+        if subsets == "any-nonempty":
+            return True
+        return any(present == set(s) for s in subsets)
+
+    def card(self) -> str:
+        """A short human-readable model card (for tooltips and ``--json`` summaries)."""
+        m = self.meta
+        metrics = m.get("metrics", {}).get("summary", "")
+        subsets = m.get("modality_subsets")
+        inputs = "any non-empty subset of " + ", ".join(m["modalities"]) if subsets == "any-nonempty" else str(subsets)
+        lines = [
+            f"{self.name}: {m.get('description', '')}".strip(),
+            f"Populations: {', '.join(m.get('populations', []))}",
+            f"Inputs: {inputs}",
+            f"Trained on: {m.get('trained_on', 'unknown')}",
+            f"Licence: {m.get('license', 'unknown')}",
+        ]
+        if metrics:
+            lines.append(f"Metrics: {metrics}")
+        return "\n".join(lines)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_bundle(network: SegNetwork, meta: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``model.safetensors`` then ``model.json`` (with the weights' checksum) atomically."""
+    from safetensors.torch import save
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleError(f"Cannot create the bundle folder '{out}': {exc.strerror}. Choose a writable folder.") from exc
+    state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+    blob = save(state)
+    meta = copy.deepcopy(meta)
+    meta["network"] = network.config.to_dict()
+    meta["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    _validate_meta(meta, out)
+    _atomic_write_bytes(out / WEIGHTS, blob)
+    _atomic_write_bytes(out / META, (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode())
+    log.info("Wrote bundle %s (%d tensors)", out, len(state))
+    return out
+
+
+def _validate_meta(meta: dict[str, Any], where: Path) -> None:
+    def fail(msg: str) -> BundleError:
+        return BundleError(f"Bundle '{where}': {msg}")
+
+    if meta.get("format") != FORMAT:
+        raise fail(f"'{META}' is not an MTSS bundle description (format={meta.get('format')!r}, expected '{FORMAT}').")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise fail(f"format_version {version!r} is not supported by this MTSS ({__version__}, reads <= {FORMAT_VERSION}); "
+                   "update MTSS.")
+    for key in ("network", "modalities", "labels", "regions", "preprocessing", "inference", "weights_sha256"):
+        if key not in meta:
+            raise fail(f"'{META}' lacks the required key '{key}'.")
+    bad = [m for m in meta["modalities"] if m not in MODALITY_CODES]
+    if bad:
+        raise fail(f"unknown modalities {bad} in '{META}'; known: {', '.join(MODALITY_CODES)}.")
+    if meta.get("modality_encoding") not in ("mask-channels", "none"):
+        raise fail(f"unknown modality_encoding {meta.get('modality_encoding')!r}.")
+    try:
+        NetworkConfig.from_dict(meta["network"])
+    except (TypeError, ValueError) as exc:
+        raise fail(f"invalid network config: {exc}") from exc
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Read and validate ``model.json`` of a bundle folder (no weights loaded)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise BundleError(f"Model bundle '{folder}' does not exist. Give a folder containing {WEIGHTS} and {META}.")
+    if folder.is_file():
+        raise BundleError(f"'{folder}' is a file; a model bundle is a folder containing {WEIGHTS} and {META}.")
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    missing = [n for n in (WEIGHTS, META) if not (folder / n).is_file()]
+    if missing:
+        extra = (f" It holds {', '.join(pickles)}: pickled checkpoints are never loaded (they can run code); "
+                 "convert the weights to safetensors.") if pickles else ""
+        raise BundleError(f"Model bundle '{folder}' lacks {' and '.join(missing)}.{extra}")
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"Bundle '{folder}': {META} is not valid JSON ({exc}). Re-export or re-download the bundle.") from exc
+    if not isinstance(meta, dict):
+        raise BundleError(f"Bundle '{folder}': {META} must hold a JSON object.")
+    _validate_meta(meta, folder)
+    return meta
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load a bundle folder: validate ``model.json``, check the weights' sha256, rebuild the network."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    folder = Path(path)
+    meta = read_meta(folder)
+    blob = (folder / WEIGHTS).read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != meta["weights_sha256"]:
+        raise BundleError(
+            f"Bundle '{folder}': {WEIGHTS} does not match the checksum recorded in {META} "
+            f"(sha256 {digest[:12]}... != {str(meta['weights_sha256'])[:12]}...). The file is corrupt or was "
+            "modified; re-copy the bundle."
+        )
+    try:
+        state = load(blob)
+    except (SafetensorError, ValueError) as exc:
+        raise BundleError(f"Bundle '{folder}': {WEIGHTS} is not a readable safetensors file ({exc}).") from exc
+    network = build_network(meta["network"])
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"Bundle '{folder}': the weights do not fit the network in {META}: {str(exc)[:400]}") from exc
+    network.eval()
+    return Bundle(folder, meta, network)
+
+
+def _is_bundle(folder: Path) -> bool:
+    return (folder / META).is_file() and (folder / WEIGHTS).is_file()
+
+
+def search_path() -> list[Path]:
+    """Folders searched for named bundles, in order."""
+    return [user_model_dir(), PACKAGE_DATA]
+
+
+def find_bundle(model: str | Path | None = None) -> Path:
+    """Resolve ``--model``: a path, or a bundle name in the user folder, then in the package data."""
+    if model is not None:
+        p = Path(model).expanduser()
+        if p.exists() or os.sep in str(model) or str(model).startswith("."):
+            return p  # load_bundle explains what is wrong with it
+        for root in search_path():
+            if _is_bundle(root / str(model)):
+                return root / str(model)
+        names = ", ".join(b.name for b in list_bundles()) or "none"
+        raise BundleError(f"No model bundle named '{model}' in {' or '.join(map(str, search_path()))} "
+                          f"and no such folder. Installed bundles: {names}.")
+    for root in search_path():
+        if _is_bundle(root / DEFAULT_NAME):
+            return root / DEFAULT_NAME
+    raise BundleError(
+        "No default model is installed yet: this MTSS build ships no trained default student. "
+        "Give a bundle with --model PATH (e.g. one made by `mtss distill`), or put one in "
+        f"{user_model_dir() / DEFAULT_NAME}."
+    )
+
+
+def list_bundles() -> list[Path]:
+    """Every bundle folder in the user model folder and the package data (user's first)."""
+    found: list[Path] = []
+    for root in search_path():
+        if root.is_dir():
+            found.extend(sorted(p for p in root.iterdir() if p.is_dir() and _is_bundle(p)))
+    return found
+
+
+def install_bundle(source: str | Path, name: str | None = None) -> Path:
+    """Copy a checked bundle into the user model folder (what 'import from disk' in Slicer does)."""
+    import shutil
+
+    bundle_meta = read_meta(source)
+    target = user_model_dir() / (name or str(bundle_meta.get("name") or Path(source).name))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".install-"))
+    for fname in (WEIGHTS, META):
+        shutil.copy2(Path(source) / fname, tmp / fname)
+    for extra in Path(source).iterdir():
+        if extra.suffix in (".md", ".png") and extra.is_file():
+            shutil.copy2(extra, tmp / extra.name)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target

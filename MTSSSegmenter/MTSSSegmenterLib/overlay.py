@@ -1,0 +1,58 @@
+"""Pictures of a segmentation: axial, coronal and sagittal slices through the tumour with labels overlaid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .constants import LABELS
+
+
+def _canonical(image: sitk.Image) -> np.ndarray:
+    """(z, y, x) array in LPS orientation, so slices are shown the radiological way round."""
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")).astype(np.float32)
+
+
+def render_overlay(image: sitk.Image, label: sitk.Image | None, path: str | Path, title: str = "") -> Path:
+    """Write a PNG with three orthogonal slices through the label's centre (or the image centre)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    img = _canonical(image)
+    lab = None
+    if label is not None:
+        lab = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.Resample(label, image, sitk.Transform(),
+                                                                    sitk.sitkNearestNeighbor), "LPS"))
+    centre = np.array(img.shape) // 2
+    if lab is not None and lab.any():
+        centre = np.round(np.argwhere(lab > 0).mean(0)).astype(int)
+    sp = np.asarray(sitk.DICOMOrient(image, "LPS").GetSpacing())[::-1]  # z, y, x
+    lo, hi = np.percentile(img[img > img.min()], [1, 99]) if (img > img.min()).any() else (0, 1)
+    cmap = ListedColormap([(0, 0, 0, 0)] + [(*lab_.color, 0.55) for lab_ in LABELS])
+    views = [
+        ("axial", img[centre[0]], None if lab is None else lab[centre[0]], sp[1] / sp[2]),
+        ("coronal", img[:, centre[1]][::-1], None if lab is None else lab[:, centre[1]][::-1], sp[0] / sp[2]),
+        ("sagittal", img[:, :, centre[2]][::-1], None if lab is None else lab[:, :, centre[2]][::-1], sp[0] / sp[1]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.8), facecolor="black")
+    for ax, (name, sl, ls, aspect) in zip(axes, views):
+        ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+        if ls is not None:
+            ax.imshow(ls, cmap=cmap, vmin=0, vmax=3, aspect=aspect, interpolation="nearest")
+        ax.set_title(name, color="white", fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, color="white", fontsize=10)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=lab_.color) for lab_ in LABELS]
+    fig.legend(handles, [f"{lab_.value} {lab_.name}" for lab_ in LABELS], loc="lower center", ncol=3,
+               frameon=False, labelcolor="white", fontsize=8)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90, facecolor="black", bbox_inches="tight")
+    plt.close(fig)
+    return out

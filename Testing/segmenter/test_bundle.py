@@ -1,0 +1,81 @@
+"""Bundles: round trip, checksum, no pickles, clear messages, search order."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from MTSSSegmenterLib.bundle import (find_bundle, install_bundle, list_bundles, load_bundle, read_meta,
+                                     user_model_dir)
+from MTSSSegmenterLib.errors import BundleError
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_roundtrip_gives_identical_weights(tiny_bundle):
+    b = load_bundle(tiny_bundle)
+    again = load_bundle(tiny_bundle)
+    for (k, v), (_, w) in zip(b.network.state_dict().items(), again.network.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert b.meta["weights_sha256"] and b.supports(["t1c", "t2f"]) and not b.supports([])
+    assert "any non-empty subset" in b.card()
+
+
+def test_tampered_weights_fail_the_checksum(tiny_bundle, tmp_path):
+    bad = _copy(tiny_bundle, tmp_path / "bad")
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match the checksum"):
+        load_bundle(bad)
+
+
+def test_missing_file_and_pickle_are_refused(tiny_bundle, tmp_path):
+    bad = _copy(tiny_bundle, tmp_path / "bad")
+    (bad / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, bad / "model.pt")
+    with pytest.raises(BundleError, match="lacks model.safetensors.*pickled checkpoints are never loaded"):
+        load_bundle(bad)
+
+
+def test_broken_json_and_wrong_format(tiny_bundle, tmp_path):
+    bad = _copy(tiny_bundle, tmp_path / "bad")
+    (bad / "model.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        read_meta(bad)
+    meta = json.loads((tiny_bundle / "model.json").read_text())
+    meta["format_version"] = 99
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="format_version 99 is not supported"):
+        read_meta(bad)
+
+
+def test_weights_not_fitting_the_config(tiny_bundle, tmp_path):
+    bad = _copy(tiny_bundle, tmp_path / "bad")
+    meta = json.loads((bad / "model.json").read_text())
+    meta["network"]["channels"] = [8, 16, 32]
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="do not fit the network"):
+        load_bundle(bad)
+
+
+def test_search_order_user_folder_then_package(tiny_bundle, monkeypatch, tmp_path):
+    import MTSSSegmenterLib.bundle as B
+
+    monkeypatch.setattr(B, "PACKAGE_DATA", tmp_path / "pkg")
+    with pytest.raises(BundleError, match="No default model is installed"):
+        find_bundle()
+    _copy(tiny_bundle, tmp_path / "pkg" / "default")
+    assert find_bundle() == tmp_path / "pkg" / "default"
+    installed = install_bundle(tiny_bundle, "default")
+    assert installed == user_model_dir() / "default" and find_bundle() == installed
+    assert find_bundle("default") == installed
+    assert installed in list_bundles()
+    with pytest.raises(BundleError, match="No model bundle named 'nope'"):
+        find_bundle("nope")
