@@ -6,4 +6,6 @@ imports ``slicer``).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__"]

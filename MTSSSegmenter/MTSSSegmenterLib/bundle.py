@@ -22,12 +22,15 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from .version import __version__
 from .constants import LABELS, MODALITY_CODES, POPULATION_CODES, REGION_CODES
 from .errors import BundleError
-from .networks import NetworkConfig, SegNetwork, build_network
+from .netconfig import NetworkConfig
+
+if TYPE_CHECKING:
+    from .networks import SegNetwork
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +115,21 @@ class Bundle:
 
     def card(self) -> str:
         """A short human-readable model card (for tooltips and ``--json`` summaries)."""
-        m = self.meta
-        metrics = m.get("metrics", {}).get("summary", "")
-        subsets = m.get("modality_subsets")
-        inputs = "any non-empty subset of " + ", ".join(m["modalities"]) if subsets == "any-nonempty" else str(subsets)
-        lines = [
-            f"{self.name}: {m.get('description', '')}".strip(),
-            f"Populations: {', '.join(m.get('populations', []))}",
-            f"Inputs: {inputs}",
-            f"Trained on: {m.get('trained_on', 'unknown')}",
-            f"Licence: {m.get('license', 'unknown')}",
-        ]
-        if metrics:
-            lines.append(f"Metrics: {metrics}")
-        return "\n".join(lines)
+        return model_card(self.meta, self.name)
+
+
+def model_card(meta: dict[str, Any], name: str) -> str:
+    """Populations, inputs, training data, licence and metrics of a bundle, for tooltips."""
+    subsets = meta.get("modality_subsets", "any-nonempty")
+    inputs = ("any non-empty subset of " + ", ".join(meta.get("modalities", []))) if subsets == "any-nonempty" \
+        else "; ".join("+".join(s) for s in subsets)
+    lines = [f"{name}: {meta.get('description', '')}".strip().rstrip(":"),
+             f"Populations: {', '.join(meta.get('populations', [])) or 'unknown'}", f"Inputs: {inputs}",
+             f"Trained on: {meta.get('trained_on', 'unknown')}", f"Licence: {meta.get('license', 'unknown')}"]
+    summary = (meta.get("metrics") or {}).get("summary")
+    if summary:
+        lines.append(f"Metrics: {summary}")
+    return "\n".join(lines)
 
 
 def sha256_file(path: Path) -> str:
@@ -238,6 +242,8 @@ def load_bundle(path: str | Path) -> Bundle:
         state = load(blob)
     except (SafetensorError, ValueError) as exc:
         raise BundleError(f"Bundle '{folder}': {WEIGHTS} is not a readable safetensors file ({exc}).") from exc
+    from .networks import build_network
+
     network = build_network(meta["network"])
     try:
         network.load_state_dict(state, strict=True)

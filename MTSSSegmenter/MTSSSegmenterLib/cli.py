@@ -7,6 +7,7 @@ Sub-commands from other packages (training, synthesis, evaluation, benchmarks) a
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -234,6 +235,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+FALLBACK_PROVIDERS = {"training": "MTSSTrainingLib.cli:register"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtss", description="MTSS brain-tumour segmentation by multi-teacher "
                                      "knowledge distillation.")
@@ -242,11 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment(sub)
     _add_batch(sub)
     _add_demo(sub)
-    for ep in sorted(entry_points(group="mtss.commands"), key=lambda e: e.name):
+    providers = {ep.name: ep.value for ep in entry_points(group="mtss.commands")}
+    # A Slicer extension install has no package metadata, hence no entry points: fall back to the
+    # known providers, imported only if present.
+    for name, value in (providers or FALLBACK_PROVIDERS).items():
+        module, _, attr = value.partition(":")
         try:
-            ep.load()(sub)
+            getattr(importlib.import_module(module), attr)(sub)
         except ImportError as exc:  # an optional package whose dependencies are missing
-            log.debug("mtss commands from %s unavailable: %s", ep.name, exc)
+            log.debug("mtss commands from %s unavailable: %s", name, exc)
     return parser
 
 

@@ -19,6 +19,9 @@ Events (``event`` key): ``ready`` (once, after the imports, with :func:`environm
 
 A missing or broken torch/MONAI is reported as an ``error`` of kind ``dependency`` naming what to install,
 then the process exits with status 3. Cancelling is done by the caller killing the process group.
+
+Both ends of the protocol live here: :func:`main` is the process, :class:`WorkerClient` starts it, sends
+requests, collects events on a reader thread and ends the whole process tree (no Slicer, no Qt).
 """
 
 from __future__ import annotations
@@ -26,9 +29,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import shutil
+import signal
+import subprocess
 import sys
+import threading
 import traceback
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
+
+from .errors import BundleError, Cancelled, InputError, MTSSError, OutputError
 
 PREFIX = "@@MTSS "
 EXIT_DEPENDENCY = 3
@@ -114,7 +126,7 @@ def handle_segment(request: dict[str, Any], emit: EventWriter) -> None:
 
     inputs = {str(k): str(v) for k, v in dict(request["inputs"]).items()}
     options, warnings = split_options(dict(request.get("options") or {}), getattr(pipeline, "SEGMENT_OPTIONS", None))
-    progress("preparing", 0.0)
+    progress("reading", 0.0)
     images = pipeline.read_inputs(inputs)
     result = pipeline.segment(images, model=request.get("model") or None, device=str(request.get("device") or "auto"),
                               progress=progress, reference=request.get("reference") or None, **options)
@@ -126,8 +138,6 @@ def handle_segment(request: dict[str, Any], emit: EventWriter) -> None:
 
 def serve(stdin: TextIO, emit: EventWriter) -> int:
     """Answer requests until ``quit`` or the end of stdin. Returns the exit status."""
-    from .errors import MTSSError
-
     for line in stdin:
         line = line.strip()
         if not line:
@@ -180,6 +190,297 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DEPENDENCY
     emit("ready", **info)
     return serve(sys.stdin, emit)
+
+
+def default_python() -> str:
+    """``PythonSlicer`` inside Slicer (same packages, no GUI), else the running interpreter."""
+    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+    return sys.executable
+
+
+def parse_line(line: str) -> dict[str, Any]:
+    """An event from one output line; lines without the prefix become ``log`` events."""
+    text = line.rstrip("\r\n")
+    if text.startswith(PREFIX):
+        try:
+            event = json.loads(text[len(PREFIX):])
+            if isinstance(event, dict) and "event" in event:
+                return event
+        except json.JSONDecodeError:
+            pass
+    return {"event": "log", "level": "info", "message": text}
+
+
+class WorkerClient:
+    """One worker process: start, send requests, read events, end the whole process tree.
+
+    Events are read on a daemon thread into a queue; :meth:`events` drains it without blocking the caller
+    for more than ``timeout`` seconds. The process gets its own session (POSIX) or process group (Windows)
+    so that :meth:`kill` also ends anything it started.
+    """
+
+    def __init__(self, python: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.python = python or default_python()
+        self.extra_env = dict(extra_env or {})
+        self.process: subprocess.Popen[str] | None = None
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader: threading.Thread | None = None
+        self.info: dict[str, Any] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def command(self) -> list[str]:
+        return [self.python, "-u", "-m", "MTSSSegmenterLib.worker"]
+
+    def start(self) -> None:
+        """Start the process (returns at once; a ``ready`` event follows after the imports)."""
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        package_root = str(Path(__file__).resolve().parent.parent)  # the folder holding MTSSSegmenterLib
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        env.setdefault("PYTHONIOENCODING", "utf-8")
+        kwargs: dict[str, Any] = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True
+        self._events = queue.Queue()
+        self.process = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
+                                        bufsize=1, env=env, **kwargs)
+        self._reader = threading.Thread(target=self._read, args=(self.process, self._events), daemon=True,
+                                        name="MTSS worker reader")
+        self._reader.start()
+
+    @staticmethod
+    def _read(process: subprocess.Popen[str], events: queue.Queue[dict[str, Any]]) -> None:
+        if process.stdout is None:
+            return
+        for line in process.stdout:
+            events.put(parse_line(line))
+        events.put({"event": "exit", "returncode": process.wait()})
+
+    def send(self, request: dict[str, Any]) -> None:
+        if not self.alive() or self.process is None or self.process.stdin is None:
+            raise BrokenPipeError("The MTSS worker process is not running.")
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+
+    def events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """Events received so far; waits up to ``timeout`` seconds for the first one."""
+        out: list[dict[str, Any]] = []
+        try:
+            out.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
+            while True:
+                out.append(self._events.get_nowait())
+        except queue.Empty:
+            pass
+        for event in out:
+            if event.get("event") == "ready":
+                self.info = {k: v for k, v in event.items() if k != "event"}
+        return out
+
+    def kill(self) -> None:
+        """End the process and everything it started (process group / tree), at once."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            if os.name == "nt":
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)  # the session leader's pid is the group id
+        except (ProcessLookupError, PermissionError, OSError):
+            proc.kill()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not time out
+            pass
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Ask the process to quit; kill it if it does not within ``timeout`` seconds."""
+        proc = self.process
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                self.send({"cmd": "quit"})
+                proc.wait(timeout=timeout)
+            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
+                self.kill()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:
+                pass
+
+
+STAGES: dict[str, tuple[float, float, str]] = {
+    # state or worker stage: (overall progress at its start, at its end, what the user reads)
+    "starting": (0.00, 0.05, "Starting the segmentation engine..."),
+    "reading": (0.05, 0.10, "Reading the images..."),
+    "loading model": (0.10, 0.20, "Loading the model..."),
+    "preparing": (0.20, 0.35, "Preparing the images..."),
+    "segmenting": (0.35, 0.85, "Segmenting..."),
+    "finishing": (0.85, 0.92, "Finishing the label map..."),
+    "importing": (0.92, 1.00, "Importing segments..."),
+}
+_ERRORS: dict[str, type[Exception]] = {"InputError": InputError, "BundleError": BundleError, "OutputError": OutputError}
+
+
+class SegmentationJob:
+    """One segmentation request to a worker, seen from the caller: state, progress, log, cancel, result.
+
+    States: ``starting`` (process starting, models loading), ``running``, ``importing`` (result being put into
+    the scene by ``importer``), then one of ``done``, ``failed``, ``cancelled``. :meth:`poll` is cheap and is
+    meant to be called from a timer on the GUI thread; the import happens inside :meth:`poll`, so on the
+    thread that calls it (MRML must be changed from the main thread).
+
+    Args:
+        client: the worker the request was sent to.
+        request: the request (its ``id`` and ``output`` are used).
+        folder: temporary folder of the job, removed when the job ends.
+        importer: ``importer(label_path, summary) -> result`` turns the worker's output into the result.
+        on_end: ``on_end(job, killed)`` is called once when the job ends.
+    """
+
+    def __init__(self, client: WorkerClient, request: dict[str, Any], folder: Path,
+                 importer: Callable[[Path, dict[str, Any]], Any],
+                 on_end: Callable[[SegmentationJob, bool], None] | None = None) -> None:
+        self.client, self.request, self.folder = client, request, Path(folder)
+        self._importer, self._on_end = importer, on_end
+        self.state = "starting" if client.info is None else "running"
+        self.progress = 0.0
+        self.message = STAGES["starting"][2] if client.info is None else "Waiting for the segmentation engine..."
+        self.log: list[str] = []
+        self.summary: dict[str, Any] | None = None
+        self.error: Exception | None = None
+        self._result: Any = None
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    def _advance(self, stage: str, fraction: float) -> None:
+        lo, hi, text = STAGES.get(stage, (self.progress, self.progress, stage))
+        self.progress = max(self.progress, lo + (hi - lo) * min(max(fraction, 0.0), 1.0))
+        self.message = text
+
+    def poll(self, timeout: float = 0.0) -> tuple[str, float, str]:
+        """Take in what the worker said; returns ``(state, progress 0..1, message)``."""
+        if self.finished:
+            return self.state, self.progress, self.message
+        if self._pending is not None:  # import on the poll after the one that reported "importing"
+            self._import(self._pending)
+            return self.state, self.progress, self.message
+        for event in self.client.events(timeout):
+            kind = event.get("event")
+            if kind == "log":
+                self.log.append(str(event.get("message", "")))
+            elif kind == "ready":
+                self.state = "running"
+                self.log.append(f"Segmentation engine ready (Python {event.get('python')}, torch {event.get('torch')}, "
+                                f"CUDA {'available' if event.get('cuda_available') else 'not available'}).")
+            elif event.get("id") not in (None, "", self.request["id"]):
+                continue  # belongs to another request
+            elif kind == "progress":
+                self.state = "running"
+                self._advance(str(event.get("stage")), float(event.get("fraction", 0.0)))
+            elif kind == "result":
+                self.summary = dict(event.get("summary") or {})
+                self.state, self._pending = "importing", event
+                self._advance("importing", 0.0)
+                break
+            elif kind == "error":
+                cls = _ERRORS.get(str(event.get("kind")), MTSSError)
+                self._fail(cls(str(event.get("message", "The segmentation failed."))), killed=event.get("id") == "")
+                break
+            elif kind == "exit":
+                tail = "\n".join(self.log[-5:])
+                self._fail(MTSSError(f"The segmentation engine stopped unexpectedly (exit status "
+                                     f"{event.get('returncode')}). Last messages:\n{tail}"), killed=True)
+                break
+        return self.state, self.progress, self.message
+
+    def _import(self, event: dict[str, Any]) -> None:
+        self._pending = None
+        try:
+            self._result = self._importer(Path(str(event["output"])), self.summary or {})
+        except Exception as exc:
+            self._fail(exc, killed=False)
+            return
+        self.state, self.progress, self.message = "done", 1.0, "Done."
+        self._end(killed=False)
+
+    def _fail(self, error: Exception, killed: bool) -> None:
+        self.error, self.state, self.message = error, "failed", str(error).splitlines()[0] if str(error) else "Failed."
+        self._end(killed)
+
+    def _end(self, killed: bool) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._on_end is not None:
+            self._on_end(self, killed)
+
+    def cancel(self) -> None:
+        """Stop now: end the worker's whole process tree; nothing is imported. Not an error."""
+        if self.finished:
+            return
+        self.client.kill()
+        self.state, self.message = "cancelled", "Cancelled."
+        self._pending = None
+        self._end(killed=True)
+
+    def result(self) -> Any:
+        """The imported result; raises the job's error, :class:`Cancelled`, or RuntimeError if still running."""
+        if self.state == "done":
+            return self._result
+        if self.state == "cancelled":
+            raise Cancelled("The segmentation was cancelled.")
+        if self.state == "failed" and self.error is not None:
+            raise self.error
+        raise RuntimeError(f"The segmentation is still {self.state}; poll() until it has finished.")
+
+    def wait(self, callback: Callable[[str, float, str], None] | None = None, interval: float = 0.1) -> Any:
+        """Block until the job ends, reporting to ``callback``; a :class:`Cancelled` raised in it cancels."""
+        while not self.finished:
+            state, progress, message = self.poll(interval)
+            if callback is not None:
+                try:
+                    callback(state, progress, message)
+                except Cancelled:
+                    self.cancel()
+                    raise
+        if callback is not None:
+            callback(self.state, self.progress, self.message)
+        return self.result()
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process with this id still runs (used by tests of :meth:`WorkerClient.kill`)."""
+    if os.name == "nt":
+        out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}"], capture_output=True, text=True).stdout
+        return str(pid) in out
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["PREFIX", "WorkerClient", "SegmentationJob", "STAGES", "EventWriter", "parse_line", "split_options",
+           "default_python", "main"]
 
 
 if __name__ == "__main__":

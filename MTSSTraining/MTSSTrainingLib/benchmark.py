@@ -25,9 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ANCHOR_H100 = {  # ../shared/ANCHORS.md, measured on the lent H100 (bf16, roi 128, overlap 0.5)
     "SegResNet-16 sliding window (H100, ANCHORS.md)": 0.268,
@@ -54,6 +55,7 @@ BARE_SEGRESNET8 = (
 
 def gflops_per_patch(network: torch.nn.Module, in_channels: int, size: int = 128) -> float:
     """GFLOP of one forward pass over a ``size``^3 patch (FlopCounterMode counts 2 FLOP per MAC)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, in_channels, size, size, size)
@@ -64,6 +66,8 @@ def gflops_per_patch(network: torch.nn.Module, in_channels: int, size: int = 128
 
 
 def _median_time(fn, repeats: int, device: torch.device) -> float:
+    import torch
+
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -78,11 +82,15 @@ def _median_time(fn, repeats: int, device: torch.device) -> float:
 
 
 def _peak_reset(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def _peak(device: torch.device) -> float | None:
+    import torch
+
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
@@ -141,6 +149,8 @@ def bench_bundle(model: str | None, files: dict[str, Path], device: torch.device
 
 def bench_anchor(files: dict[str, Path], device: torch.device, repeats: int, filters: int = 16) -> dict[str, Any]:
     """MONAI SegResNet (random weights) with the usual sliding window over the 4-channel volume."""
+    import torch
+
     import numpy as np
     import SimpleITK as sitk
     from monai.inferers import sliding_window_inference
@@ -211,6 +221,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def run_benchmark(models: list[str | None], ensembles: list[list[str]], device_name: str, quick: bool,
                   case_dir: Path | None, repeats: int | None) -> dict[str, Any]:
+    import torch
+
     from MTSSSegmenterLib.inference import resolve_device
     from MTSSSegmenterLib.io import find_case_files
 

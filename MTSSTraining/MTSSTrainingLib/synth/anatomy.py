@@ -14,8 +14,12 @@ undeformed template, drawn on a 4 mm grid and interpolated; the tissue maps are 
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
 import logging
 import math
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,8 @@ FRAME_MM: tuple[int, int, int] = (240, 240, 155)
 """Extent of the BraTS frame in mm (= voxels at 1 mm)."""
 # The brain centre of the template, in frame mm (affine changes and mass effect pivot here).
 BRAIN_CENTRE: tuple[float, float, float] = (119.0, 122.0, 78.0)
+# Frame x of the template's mid-sagittal plane (MNI x = 0).
+MIDLINE_X = 119.0
 # Template voxel (a, b, c) of frame mm (x, y, z): a = 217 - x, b = 239 - y, c = z + 8.
 _TEMPLATE_FROM_FRAME = (217.0, 239.0, 8.0)
 _TEMPLATE_FILES = {
@@ -40,8 +46,10 @@ _TEMPLATE_FILES = {
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
 # Channels of the packed template (one uint8 each, eight per voxel = one uint64).
-CHANNELS: tuple[str, ...] = ("gm", "wm", "csf", "csf_near", "vent", "depth", "t1", "vessel")
-_LINEAR = ("gm", "wm", "csf", "t1")  # interpolated trilinearly; the others nearest-neighbour
+CHANNELS: tuple[str, ...] = ("gm", "wm", "csf", "t1", "pvent", "vent", "depth", "vessel")
+# The first four channels are interpolated trilinearly, the others taken from the nearest voxel.
+OUTPUT_CHANNELS: tuple[str, ...] = ("gm", "wm", "csf", "t1", "pvent", "vessel")
+"""The channels a case needs on its grid (the others serve lesion placement in the template)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class Template:
 
     Attributes:
         packed: uint64 array, eight uint8 channels per voxel (see ``CHANNELS``), on the cropped grid.
+        linear: uint32 array, the first four channels (those interpolated trilinearly).
         crop: template voxel index of ``packed[0, 0, 0]``.
         seeds: candidate lesion centres by region name, (N, 3) frame mm of the undeformed template.
         vent_push: (3, ...) unit-ish vectors pointing into the ventricles on ``push_grid`` (frame mm).
@@ -80,6 +89,7 @@ class Template:
     """
 
     packed: np.ndarray
+    linear: np.ndarray
     crop: tuple[int, int, int]
     seeds: dict[str, np.ndarray]
     vent_push: np.ndarray
@@ -88,12 +98,67 @@ class Template:
 
 
 def template_dir() -> Path:
-    """Folder of the MNI152 files inside the installed nilearn wheel."""
-    try:
-        import nilearn.datasets
-    except ImportError as exc:  # pragma: no cover - nilearn is a training dependency
-        raise InputError("The synthetic cohort needs the MNI152 templates of nilearn: pip install nilearn.") from exc
-    return Path(nilearn.datasets.__file__).parent / "data"
+    """Folder of the MNI152 files: ``$MTSS_MNI_DIR`` if set, else the data folder of the installed nilearn
+    package (found without importing nilearn, which is slow to import)."""
+    override = os.environ.get("MTSS_MNI_DIR")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("The synthetic cohort needs the MNI152 templates of the nilearn package: "
+                         "pip install 'nilearn>=0.10' (or pip install 'mtss[training]'), or set MTSS_MNI_DIR "
+                         f"to a folder holding {', '.join(_TEMPLATE_FILES.values())}.")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def read_template_file(path: Path) -> np.ndarray:
+    """Read one of the uint8 MNI152 NIfTI-1 files (gzip) with numpy alone, so that generating cases in
+    memory needs neither nibabel nor SimpleITK (e.g. on a GPU machine with a bare environment)."""
+    if not path.is_file():
+        raise InputError(f"MNI152 template '{path}' is missing; reinstall nilearn (pip install 'nilearn>=0.10') "
+                         "or point MTSS_MNI_DIR to a folder with the three template files.")
+    raw = gzip.decompress(path.read_bytes())
+    sizeof_hdr, = struct.unpack_from("<i", raw, 0)
+    if sizeof_hdr != 348:
+        raise InputError(f"'{path}' is not a little-endian NIfTI-1 file.")
+    dims = struct.unpack_from("<8h", raw, 40)
+    datatype, = struct.unpack_from("<h", raw, 70)
+    offset, = struct.unpack_from("<f", raw, 108)
+    if dims[0] != 3 or datatype != 2:
+        raise InputError(f"'{path}' is not a 3-D uint8 volume (dims {dims}, datatype {datatype}).")
+    shape = tuple(int(n) for n in dims[1:4])
+    data = np.frombuffer(raw, np.uint8, count=int(np.prod(shape)), offset=int(offset))
+    return data.reshape(shape, order="F")
+
+
+def _erode6(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion with the 6-neighbourhood (fast, by slicing)."""
+    out = mask.copy()
+    for d in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[d], hi[d] = slice(0, -1), slice(1, None)
+        out[tuple(lo)] &= mask[tuple(hi)]
+        out[tuple(hi)] &= mask[tuple(lo)]
+        edge = [slice(None)] * 3
+        edge[d] = slice(0, 1)
+        out[tuple(edge)] = False
+        edge[d] = slice(-1, None)
+        out[tuple(edge)] = False
+    return out
+
+
+def _depth(mask: np.ndarray) -> np.ndarray:
+    """Distance (mm) to the outside of the brain: exact 1 and 2 mm next to the surface, 2 mm EDT deeper."""
+    coarse = ndimage.distance_transform_edt(mask[::2, ::2, ::2]).astype(np.float32) * 2.0
+    depth = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: mask.shape[0], : mask.shape[1], : mask.shape[2]]
+    inner1 = _erode6(mask)
+    inner2 = _erode6(inner1)
+    depth = np.maximum(depth, 3.0)
+    depth[mask & ~inner2] = 2.0
+    depth[mask & ~inner1] = 1.0
+    depth[~mask] = 0.0
+    return depth
 
 
 def _frame_of_template(abc: np.ndarray) -> np.ndarray:
@@ -104,33 +169,27 @@ def _frame_of_template(abc: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def load_template() -> Template:
-    """Load, derive and pack the template once per process (about 2 s)."""
-    import nibabel as nib
-
+    """Load, derive and pack the template once per process (about 1.5 s)."""
     folder = template_dir()
-    raw = {}
-    for key, name in _TEMPLATE_FILES.items():
-        path = folder / name
-        if not path.is_file():
-            raise InputError(f"MNI152 template '{path}' is missing; reinstall nilearn (pip install nilearn>=0.10).")
-        raw[key] = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32) / 255.0
+    raw = {key: read_template_file(folder / name).astype(np.float32) / 255.0 for key, name in _TEMPLATE_FILES.items()}
     gm, wm, t1 = raw["gm"], raw["wm"], raw["t1"]
-    mask = ndimage.binary_fill_holes((t1 > 0) | (gm + wm > 0.5))
+    mask = (t1 > 0) | (gm + wm > 0.5)
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
     idx = np.argwhere(mask)
     lo = np.maximum(idx.min(0) - 3, 0)
     hi = np.minimum(idx.max(0) + 4, mask.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     gm, wm, csf, t1, mask = gm[box], wm[box], csf[box], t1[box], mask[box]
-    depth = ndimage.distance_transform_edt(mask).astype(np.float32)
+    depth = _depth(mask)
     mni = _mni_coordinates(mask.shape, lo)
     vent = _ventricles(csf, depth, mni)
     vessel = _vessels(csf, depth, vent, mni)
-    csf_near = ndimage.gaussian_filter(csf, 1.2)
     # depth channel: 0 far outside, 1 on the one-voxel shell around the brain, 1 + mm inside
-    shell = ndimage.binary_dilation(mask) & ~mask
+    shell = ~mask & ~_erode6(~mask)
     depth_code = np.where(mask, np.minimum(depth + 1.0, 255.0), shell.astype(np.float32))
-    channels = {"gm": gm, "wm": wm, "csf": csf, "csf_near": csf_near, "vent": vent.astype(np.float32),
+    # periventricular white matter (where FLAIR caps and rims show in older brains)
+    pvent = np.clip(ndimage.gaussian_filter(vent.astype(np.float32), 1.5) * 3.0, 0, 1) * (1 - vent) * wm
+    channels = {"gm": gm, "wm": wm, "csf": csf, "pvent": pvent, "vent": vent.astype(np.float32),
                 "depth": depth_code / 255.0, "t1": t1, "vessel": vessel}
     packed = np.empty(mask.shape + (8,), dtype=np.uint8)
     for c, name in enumerate(CHANNELS):
@@ -140,7 +199,8 @@ def load_template() -> Template:
     frame_corners = _frame_of_template(np.array([lo, hi - 1], dtype=np.float32))
     bounds = (frame_corners.min(0), frame_corners.max(0))
     logger.debug("MNI152 template loaded: crop %s, %d brain voxels", mask.shape, int(mask.sum()))
-    return Template(packed.view(np.uint64)[..., 0], tuple(int(v) for v in lo), seeds, push, push_grid,
+    linear = np.ascontiguousarray(packed[..., :4]).view(np.uint32)[..., 0]
+    return Template(packed.view(np.uint64)[..., 0], linear, tuple(int(v) for v in lo), seeds, push, push_grid,
                     bounds)  # type: ignore[arg-type]
 
 
@@ -179,9 +239,9 @@ def _vessels(csf: np.ndarray, depth: np.ndarray, vent: np.ndarray, mni: list[np.
     vessel = tube * np.clip(sulcal * 1.6, 0, 1)
     sinus = (np.abs(x) < 3.5) & (depth < 5) & (z > -5) & (csf > 0.2)
     choroid = vent & (y > -48) & (y < -22) & (z > -2) & (z < 24) & (np.abs(x) > 12)
-    choroid = ndimage.binary_erosion(choroid) | (choroid & (n1 > 0.3))
+    choroid = _erode6(_erode6(choroid)) & (n1 > -0.3)
     vessel = np.maximum(vessel, 0.9 * sinus)
-    vessel = np.maximum(vessel, 0.8 * ndimage.gaussian_filter(choroid.astype(np.float32), 0.8))
+    vessel = np.maximum(vessel, 0.5 * ndimage.gaussian_filter(choroid.astype(np.float32), 0.8))
     return vessel.astype(np.float32)
 
 
@@ -216,7 +276,7 @@ def _seed_regions(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, depth: np.nda
 
 def _ventricle_push(vent: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, AxisGrid]:
     """Unit-scaled vectors pointing into the ventricles, on a 4 mm grid of frame mm."""
-    soft = ndimage.gaussian_filter(vent.astype(np.float32), 4.0)[::2, ::2, ::2]
+    soft = ndimage.gaussian_filter(vent[::2, ::2, ::2].astype(np.float32), 2.0)
     grads = np.stack(np.gradient(soft))  # d/da, d/db, d/dc at 2 mm
     grads[0] *= -1.0  # frame x = 217 - a, frame y = 239 - b
     grads[1] *= -1.0
@@ -240,7 +300,7 @@ class AnatomyParams:
         elastic: (3, ...) backward displacement (mm) on ``grid``.
         grid: the 4 mm grid of the backward map.
         ventricle_mm: how far the ventricle walls move out.
-        atrophy: fraction of grey matter next to CSF that turns into CSF.
+        atrophy: 0-1, how much sulci and the subarachnoid space widen (see ``_widen_sulci``).
     """
 
     matrix: np.ndarray
@@ -254,6 +314,13 @@ class AnatomyParams:
         """Approximate case position (frame mm) of undeformed template points (N, 3)."""
         c = np.asarray(BRAIN_CENTRE, np.float32)
         return (points - c) @ self.matrix.T.astype(np.float32) + c + self.translation.astype(np.float32)
+
+    def midline(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mid-sagittal plane in case frame mm: (unit normal, point)."""
+        normal = np.linalg.inv(self.matrix).T @ np.array([1.0, 0.0, 0.0])
+        normal /= np.linalg.norm(normal)
+        point = self.forward(np.array([[MIDLINE_X, BRAIN_CENTRE[1], BRAIN_CENTRE[2]]], np.float32))[0]
+        return normal.astype(np.float32), point
 
     def summary(self) -> dict:
         scale = np.cbrt(abs(np.linalg.det(self.matrix)))
@@ -279,7 +346,7 @@ def sample_anatomy(rng: np.random.Generator, scale_range: tuple[float, float], a
     matrix = rotation(angles) @ np.diag(scale)
     translation = rng.normal(0.0, [3.0, 4.0, 3.0])
     grid = covering_grid((0, 0, 0), np.asarray(FRAME_MM, float) - 1.0, 4.0)
-    amp = rng.uniform(0.4, 1.5)
+    amp = rng.uniform(0.5, 2.2)  # mm, std of each displacement component
     elastic = np.stack([smooth_noise(rng, grid.shape, 3.0) for _ in range(3)]) * np.float32(amp)
     return AnatomyParams(matrix, translation, elastic, grid, float(rng.uniform(*ventricle_range)),
                          float(rng.uniform(*atrophy_range)))
@@ -326,15 +393,46 @@ class Tissues:
     def slices(self) -> tuple[slice, slice, slice]:
         return tuple(slice(self.lo[d], self.lo[d] + self.box.shape[d]) for d in range(3))  # type: ignore[return-value]
 
+    def crop(self, mask: np.ndarray, margin: int = 1) -> tuple[Tissues, tuple[slice, ...]]:
+        """The tissues on the bounding box of ``mask`` (box-shaped) plus ``margin`` voxels, and its slices."""
+        idx = np.argwhere(mask)
+        if len(idx) == 0:
+            return self, tuple(slice(0, n) for n in self.box.shape)
+        lo = np.maximum(idx.min(0) - margin, 0)
+        hi = np.minimum(idx.max(0) + 1 + margin, self.box.shape)
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        maps = {k: np.ascontiguousarray(v[sl]) for k, v in self.maps.items()}
+        box = self.box.sub(tuple(int(v) for v in lo), tuple(int(v) for v in hi))  # type: ignore[arg-type]
+        return Tissues(box, tuple(int(a + b) for a, b in zip(self.lo, lo)), maps), sl  # type: ignore[arg-type]
 
-def brain_box(params: AnatomyParams, template: Template, grid: AxisGrid, margin_mm: float = 12.0
-              ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Index range of ``grid`` that holds the deformed brain (with a margin for elastic and mass effect)."""
-    lo, hi = template.bounds
-    corners = np.array([[lo[0] if i & 1 else hi[0], lo[1] if i & 2 else hi[1], lo[2] if i & 4 else hi[2]]
-                        for i in range(8)], np.float32)
-    moved = params.forward(corners)
-    return grid.index_box(moved.min(0) - margin_mm, moved.max(0) + margin_mm)
+
+def _template_index(src: np.ndarray, template: Template) -> list[np.ndarray]:
+    """Fractional index in the cropped template grid of frame mm points (3, ...), clipped inside it."""
+    t = _TEMPLATE_FROM_FRAME
+    out = []
+    for d, (sign, off) in enumerate(((-1.0, t[0]), (-1.0, t[1]), (1.0, t[2]))):
+        f = src[d].astype(np.float32, copy=True).reshape(-1)
+        f *= np.float32(sign)
+        f += np.float32(off - template.crop[d])
+        np.clip(f, 0.0, template.packed.shape[d] - 1.001, out=f)
+        out.append(f)
+    return out
+
+
+def brain_box(params: AnatomyParams, template: Template, src_map: np.ndarray, grid: AxisGrid,
+              margin_mm: float = 6.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Index range of ``grid`` that holds the deformed brain, found on the 4 mm backward map."""
+    idx = _template_index(src_map, template)
+    near = template.packed.reshape(-1)[np.ravel_multi_index([np.rint(f).astype(np.intp) for f in idx],
+                                                            template.packed.shape)]
+    inside = (near.view(np.uint8).reshape(-1, 8)[:, CHANNELS.index("depth")] > 0).reshape(src_map.shape[1:])
+    cells = np.argwhere(inside)
+    g = params.grid
+    if len(cells) == 0:  # pragma: no cover - the template always has a brain
+        return grid.index_box(np.zeros(3), np.asarray(FRAME_MM, float))
+    lo = np.asarray(g.origin) + cells.min(0) * np.asarray(g.step) - margin_mm
+    hi = np.asarray(g.origin) + cells.max(0) * np.asarray(g.step) + margin_mm
+    return grid.index_box(lo, hi)
 
 
 def warp(template: Template, params: AnatomyParams, src_map: np.ndarray, grid: AxisGrid,
@@ -347,48 +445,60 @@ def warp(template: Template, params: AnatomyParams, src_map: np.ndarray, grid: A
     box = grid.sub(lo, hi)  # type: ignore[arg-type]
     shape = template.packed.shape
     flat = template.packed.reshape(-1)
-    t = _TEMPLATE_FROM_FRAME
-    # frame mm of the template -> index in the cropped template grid
-    idx = []
-    for d, (sign, off) in enumerate(((-1.0, t[0]), (-1.0, t[1]), (1.0, t[2]))):
-        f = resample(src_map[d], params.grid, box).reshape(-1)
-        f *= np.float32(sign)
-        f += np.float32(off - template.crop[d])
-        np.clip(f, 0.0, shape[d] - 1.001, out=f)
-        idx.append(f)
+    idx = _template_index(np.stack([resample(src_map[d], params.grid, box) for d in range(3)]), template)
     near = flat[np.ravel_multi_index([np.rint(f).astype(np.intp) for f in idx], shape)].view(np.uint8)
     near = near.reshape(-1, 8)
-    depth_ch = CHANNELS.index("depth")
-    inside = np.flatnonzero(near[:, depth_ch] > 0)
+    inside = np.flatnonzero(near[:, CHANNELS.index("depth")] > 0)
     near = near[inside]
     idx = [f[inside] for f in idx]
     n = len(inside)
     i0 = [np.floor(f).astype(np.intp) for f in idx]
     w = [f - i for f, i in zip(idx, i0)]
     base = (i0[0] * shape[1] + i0[1]) * shape[2] + i0[2]
-    linear = [CHANNELS.index(c) for c in _LINEAR]
-    acc = {c: np.zeros(n, np.float32) for c in _LINEAR}
+    del i0, idx
+    lin = template.linear.reshape(-1)
+    acc = np.zeros((n, 4), np.float32)
+    tmp = np.empty((n, 4), np.float32)
     for da in (0, 1):
         wa = w[0] if da else 1.0 - w[0]
         for db in (0, 1):
             wab = wa * (w[1] if db else 1.0 - w[1])
             for dc in (0, 1):
                 wt = wab * (w[2] if dc else 1.0 - w[2])
-                vals = flat[base + ((da * shape[1] + db) * shape[2] + dc)].view(np.uint8).reshape(n, 8)
-                for c, ch in zip(_LINEAR, linear):
-                    acc[c] += vals[:, ch] * wt
-    out: dict[str, np.ndarray] = {}
-    for c in CHANNELS:
-        vals = acc[c] if c in acc else near[:, CHANNELS.index(c)].astype(np.float32)
-        if c == "depth":
-            vals = np.maximum(vals - 1.0, 0.0)
-        else:
-            vals *= np.float32(1.0 / 255.0)
-        full = np.zeros(int(np.prod(box.shape)), np.float32)
-        full[inside] = vals
-        out[c] = full.reshape(box.shape)
+                vals = np.take(lin, base + ((da * shape[1] + db) * shape[2] + dc)).view(np.uint8).reshape(n, 4)
+                np.multiply(vals, wt[:, None], out=tmp)
+                acc += tmp
+    acc *= np.float32(1.0 / 255.0)
     if params.atrophy > 0:
-        loss = out["gm"] * np.clip(out["csf_near"] * np.float32(2.0 * params.atrophy), 0.0, 0.9)
-        out["gm"] -= loss
-        out["csf"] += loss
+        _widen_sulci(acc, params.atrophy)
+    size = int(np.prod(box.shape))
+    out: dict[str, np.ndarray] = {}
+    for c, name in enumerate(CHANNELS):
+        if name not in OUTPUT_CHANNELS:
+            continue
+        if c < 4:
+            vals = acc[:, c]
+        else:
+            vals = near[:, c].astype(np.float32)
+            if name == "depth":
+                vals = np.maximum(vals - 1.0, 0.0)
+            else:
+                vals *= np.float32(1.0 / 255.0)
+        full = np.zeros(size, np.float32)
+        full[inside] = vals
+        out[name] = full.reshape(box.shape)
     return Tissues(box, tuple(lo), out)  # type: ignore[arg-type]
+
+
+def _widen_sulci(acc: np.ndarray, atrophy: float) -> None:
+    """Atrophy in place on (n, 4) GM, WM, CSF, T1 fractions: CSF shares above 3 % are raised to the power
+    ``1 - atrophy`` (sulci and the subarachnoid space widen) and GM and WM shrink to keep the total."""
+    gm, wm, csf = acc[:, 0], acc[:, 1], acc[:, 2]
+    total = gm + wm + csf
+    share = csf / np.maximum(total, np.float32(1e-3))
+    wide = np.clip((share - np.float32(0.03)) * np.float32(1 / 0.97), 0.0, 1.0) ** np.float32(1.0 - atrophy)
+    np.maximum(wide, share, out=wide)
+    keep = (1.0 - wide) / np.maximum(1.0 - share, np.float32(1e-3))
+    gm *= keep
+    wm *= keep
+    acc[:, 2] = wide * total

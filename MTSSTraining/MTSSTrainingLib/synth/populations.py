@@ -42,6 +42,7 @@ class LesionKind:
         necrosis_prob: probability that the lesion has a necrotic centre at all.
         enhancing: share of the solid tumour that enhances.
         edema: reach of the edema beyond the core (mm) in white matter.
+        edema_prob: probability that the lesion has edema at all.
         cyst_prob: probability of a cyst beside the solid part.
         push: mass effect as a fraction of the radius.
         extra_axial: dural-based (meningioma): grows from the brain surface inward.
@@ -55,6 +56,7 @@ class LesionKind:
     necrosis_prob: float = 0.0
     enhancing: Range = (1.0, 1.0)
     edema: Range = (0.0, 0.0)
+    edema_prob: float = 1.0
     cyst_prob: float = 0.0
     push: Range = (0.1, 0.3)
     extra_axial: bool = False
@@ -74,8 +76,8 @@ class ImagingTraits:
         volumetric_t1_prob: probability that T1 and T1c are 3-D (1 mm) acquisitions.
     """
 
-    noise: Range = (0.01, 0.045)
-    bias: Range = (0.05, 0.3)
+    noise: Range = (0.01, 0.04)
+    bias: Range = (0.04, 0.2)
     slice_mm: Range = (1.0, 5.0)
     inplane_blur: Range = (0.0, 0.5)
     ghost_prob: float = 0.05
@@ -97,6 +99,8 @@ class PopulationTraits:
         atrophy: share of cortical grey matter next to CSF lost to CSF.
         ventricle_mm: enlargement of the ventricles.
         enhancement: T1c brightness of enhancing tumour relative to white matter.
+        white_matter_spots: load (0-1) of small unlabelled FLAIR-bright white-matter spots (small-vessel
+            disease of older brains), drawn uniformly in this range.
         imaging: acquisition quality.
     """
 
@@ -106,9 +110,10 @@ class PopulationTraits:
     more_lesions: float = 0.0
     size_scale: Range = (1.0, 1.0)
     brain_scale: Range = (0.9, 1.02)
-    atrophy: Range = (0.0, 0.3)
-    ventricle_mm: Range = (0.0, 3.0)
+    atrophy: Range = (0.25, 0.6)
+    ventricle_mm: Range = (0.5, 5.0)
     enhancement: Range = (1.5, 2.6)
+    white_matter_spots: Range = (0.0, 1.0)
     imaging: ImagingTraits = field(default_factory=ImagingTraits)
 
     def to_dict(self) -> dict:
@@ -116,9 +121,9 @@ class PopulationTraits:
 
 
 LESION_KINDS: dict[str, LesionKind] = {k.name: k for k in (
-    LesionKind("glioblastoma", (("deep_wm", 0.75), ("lobar_wm", 0.25)), radius=(12.0, 30.0),
-               irregularity=(0.2, 0.45), necrosis=(0.35, 0.75), necrosis_prob=0.9, enhancing=(0.7, 1.0),
-               edema=(8.0, 32.0), push=(0.15, 0.45)),
+    LesionKind("glioblastoma", (("deep_wm", 0.75), ("lobar_wm", 0.25)), radius=(10.0, 24.0),
+               irregularity=(0.2, 0.45), necrosis=(0.5, 0.85), necrosis_prob=0.9, enhancing=(0.7, 1.0),
+               edema=(5.0, 22.0), push=(0.15, 0.45)),
     LesionKind("lower_grade_glioma", (("lobar_wm", 0.6), ("hemisphere", 0.4)), radius=(12.0, 28.0),
                irregularity=(0.15, 0.35), necrosis=(0.2, 0.5), necrosis_prob=0.15, enhancing=(0.0, 0.15),
                edema=(3.0, 14.0), push=(0.1, 0.3)),
@@ -131,15 +136,15 @@ LESION_KINDS: dict[str, LesionKind] = {k.name: k for k in (
     LesionKind("medulloblastoma", (("cerebellum", 1.0),), radius=(10.0, 22.0), irregularity=(0.15, 0.3),
                necrosis=(0.2, 0.45), necrosis_prob=0.3, enhancing=(0.2, 0.8), edema=(0.0, 6.0),
                cyst_prob=0.3, push=(0.2, 0.45)),
-    LesionKind("paediatric_hemispheric", (("hemisphere", 1.0),), radius=(12.0, 28.0),
+    LesionKind("paediatric_hemispheric", (("hemisphere", 1.0),), radius=(10.0, 24.0),
                irregularity=(0.2, 0.4), necrosis=(0.2, 0.6), necrosis_prob=0.4, enhancing=(0.1, 0.7),
                edema=(2.0, 14.0), cyst_prob=0.4, push=(0.15, 0.4)),
     LesionKind("meningioma", (("convexity", 0.5), ("parasagittal", 0.25), ("skull_base", 0.15),
                               ("posterior_fossa", 0.1)), radius=(8.0, 28.0), irregularity=(0.04, 0.12),
-               necrosis=(0.2, 0.45), necrosis_prob=0.15, enhancing=(0.92, 1.0), edema=(0.0, 22.0),
-               push=(0.7, 1.0), extra_axial=True),
+               necrosis=(0.2, 0.45), necrosis_prob=0.15, enhancing=(0.92, 1.0), edema=(4.0, 22.0), edema_prob=0.55,
+               push=(0.3, 0.6), extra_axial=True),
     LesionKind("metastasis", (("gw_junction", 1.0),), radius=(2.5, 16.0), irregularity=(0.05, 0.2),
-               necrosis=(0.35, 0.7), necrosis_prob=1.0, enhancing=(0.9, 1.0), edema=(5.0, 28.0),
+               necrosis=(0.35, 0.7), necrosis_prob=1.0, enhancing=(0.9, 1.0), edema=(4.0, 22.0),
                push=(0.1, 0.3)),
 )}
 
@@ -147,15 +152,15 @@ POPULATION_TRAITS: dict[str, PopulationTraits] = {t.code: t for t in (
     PopulationTraits("GLI", (("glioblastoma", 0.8), ("lower_grade_glioma", 0.2))),
     PopulationTraits("PED", (("diffuse_midline_glioma", 0.4), ("pilocytic_astrocytoma", 0.25),
                              ("medulloblastoma", 0.2), ("paediatric_hemispheric", 0.15)),
-                     brain_scale=(0.82, 0.95), atrophy=(0.0, 0.05), ventricle_mm=(0.0, 1.5),
-                     enhancement=(1.2, 2.0)),
-    PopulationTraits("SSA", (("glioblastoma", 0.85), ("lower_grade_glioma", 0.15)), size_scale=(1.1, 1.35),
-                     imaging=ImagingTraits(noise=(0.05, 0.1), bias=(0.2, 0.5), slice_mm=(4.0, 7.0),
+                     brain_scale=(0.82, 0.95), atrophy=(0.1, 0.35), ventricle_mm=(0.0, 2.0),
+                     enhancement=(1.2, 2.0), white_matter_spots=(0.0, 0.0)),
+    PopulationTraits("SSA", (("glioblastoma", 0.85), ("lower_grade_glioma", 0.15)), size_scale=(1.05, 1.3),
+                     imaging=ImagingTraits(noise=(0.045, 0.09), bias=(0.12, 0.3), slice_mm=(4.0, 7.0),
                                            inplane_blur=(0.4, 1.0), ghost_prob=0.4, contrast=(0.6, 0.85),
                                            volumetric_t1_prob=0.15)),
-    PopulationTraits("MEN", (("meningioma", 1.0),), brain_scale=(0.88, 1.0), atrophy=(0.05, 0.35),
+    PopulationTraits("MEN", (("meningioma", 1.0),), brain_scale=(0.88, 1.0), atrophy=(0.35, 0.65),
                      enhancement=(1.7, 2.8)),
-    PopulationTraits("MET", (("metastasis", 1.0),), lesions=(2, 10), more_lesions=0.55, atrophy=(0.05, 0.35)),
+    PopulationTraits("MET", (("metastasis", 1.0),), lesions=(2, 10), more_lesions=0.55, atrophy=(0.35, 0.65)),
 )}
 
 

@@ -1,0 +1,269 @@
+"""Prepared training cases, each preprocessed once and kept in memory up to a budget, else on disk.
+
+Every case goes through :func:`MTSSSegmenterLib.preprocess.prepare_case` with the bundle's
+preprocessing at the run's working spacing (so training sees exactly what inference will), and is kept
+as four float16 image channels, the modalities present, the label map and the brain mask. Cases that
+fit in the memory budget stay in RAM; the others are written as ``.npy`` files in the run folder and
+memory-mapped. Under ``torchrun``, the processes prepare disjoint shares of the cases, write them to the
+run folder, and each then loads all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from MTSSSegmenterLib.constants import MODALITY_CODES, REGION_CODES
+from MTSSSegmenterLib.errors import MTSSError
+from MTSSSegmenterLib.io import read_image, read_labels
+from MTSSSegmenterLib.preprocess import PreparedCase, prepare_case
+
+from .data import BrokenCase, CaseRecord
+from .distributed import DistContext
+
+log = logging.getLogger(__name__)
+
+N_MOD = len(MODALITY_CODES)
+CACHE_VERSION = 1
+
+
+@dataclass
+class CachedCase:
+    """One prepared case in canonical (z, y, x) order at the working spacing, cropped to the brain."""
+
+    name: str
+    population: str
+    image: np.ndarray  # (4, Z, Y, X) float16, zero channels for missing modalities
+    present: np.ndarray  # (4,) float32, 1 where the modality exists
+    seg: np.ndarray  # (Z, Y, X) uint8 labels 0..3
+    brain: np.ndarray  # (Z, Y, X) bool
+    label_mask: np.ndarray  # (3,) float32, 1 for each region the label map marks
+    spacing_zyx: tuple[float, float, float]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.image.nbytes + self.seg.nbytes + self.brain.nbytes)
+
+    def network_input(self, keep: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+        """(8, Z, Y, X) float32: image channels then modality-mask channels (``keep`` drops modalities)."""
+        present = self.present if keep is None else self.present * np.asarray(keep, dtype=np.float32)
+        image = np.asarray(self.image, dtype=np.float32) * present[:, None, None, None]
+        masks = np.broadcast_to(present[:, None, None, None], image.shape).astype(np.float32)
+        return np.concatenate([image, masks])
+
+
+def from_prepared(name: str, population: str, prepared: PreparedCase,
+                  labels: Sequence[str] = REGION_CODES) -> CachedCase:
+    """A :class:`CachedCase` from what ``prepare_case`` returned (the case must have a label map)."""
+    if prepared.seg is None:
+        raise MTSSError(f"Case '{name}' was prepared without a label map; training needs one.")
+    present = np.array([1.0 if m in prepared.present else 0.0 for m in MODALITY_CODES], dtype=np.float32)
+    return CachedCase(name, population, prepared.image[:N_MOD].astype(np.float16), present,
+                      prepared.seg.astype(np.uint8), prepared.brain.astype(bool),
+                      np.array([1.0 if r in labels else 0.0 for r in REGION_CODES], dtype=np.float32),
+                      tuple(float(s) for s in prepared.working_spacing_zyx))  # type: ignore[arg-type]
+
+
+def prepare_record(record: CaseRecord, preprocessing: dict[str, Any]) -> CachedCase:
+    """Read and prepare one case from its files (raises :class:`MTSSError` or OSError when it cannot)."""
+    images = {code: read_image(path, f"{record.name} {code}") for code, path in record.files.items()}
+    seg = read_labels(record.seg) if record.seg else None
+    prepared = prepare_case(images, preprocessing, seg=seg)
+    return from_prepared(record.name, record.population, prepared, record.labels)
+
+
+def _stamp(record: CaseRecord) -> list[Any]:
+    files = sorted(record.files.items()) + ([("seg", record.seg)] if record.seg else [])
+    out: list[Any] = []
+    for key, path in files:
+        st = Path(path).stat()
+        out.append([key, Path(path).name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def default_budget(world: int = 1) -> int:
+    """A third of the memory available now, shared among the processes of this machine."""
+    return int(_available_memory() * 0.33 / max(1, world))
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class CaseCache:
+    """Prepared cases by name: in RAM up to ``budget_bytes``, the rest memory-mapped from ``folder``.
+
+    Args:
+        preprocessing: the preprocessing dict given to ``prepare_case`` (bundle preprocessing at the
+            run's working spacing, plus ``modality_encoding``).
+        folder: where cases that do not fit in memory go (``RUN/cache``); None keeps everything in RAM.
+        budget_bytes: RAM for arrays; None: :func:`default_budget`.
+    """
+
+    def __init__(self, preprocessing: dict[str, Any], folder: str | Path | None = None,
+                 budget_bytes: int | None = None, dist: DistContext | None = None) -> None:
+        self.preprocessing = dict(preprocessing)
+        self.dist = dist or DistContext()
+        self.budget = default_budget(self.dist.world) if budget_bytes is None else int(budget_bytes)
+        key = hashlib.sha256(json.dumps([CACHE_VERSION, self.preprocessing], sort_keys=True).encode()).hexdigest()[:12]
+        self.folder = Path(folder) / key if folder is not None else None
+        self._memory: dict[str, CachedCase] = {}
+        self._disk: dict[str, tuple[str, np.ndarray, np.ndarray, tuple[float, float, float]]] = {}
+        self.used = 0
+
+    # ------------------------------------------------------------------ filling
+    def put(self, case: CachedCase) -> None:
+        """Add a prepared case (e.g. generated in memory); spills to disk beyond the budget."""
+        if self.used + case.nbytes <= self.budget or self.folder is None:
+            self._memory[case.name] = case
+            self.used += case.nbytes
+        else:
+            self._write(case)
+            self._disk_entry(case.name)
+
+    def fill(self, records: Sequence[CaseRecord],
+             progress: Callable[[int, int], None] | None = None) -> list[BrokenCase]:
+        """Prepare every record (this process's share under torchrun); return the cases that failed."""
+        d = self.dist
+        shared = d.distributed and self.folder is not None
+        mine = [r for i, r in enumerate(records) if not shared or i % d.world == d.rank]
+        broken: list[BrokenCase] = []
+        for i, record in enumerate(mine):
+            if progress:
+                progress(i, len(mine))
+            if record.name in self._memory:
+                continue
+            try:
+                stamp = _stamp(record)
+                if self._on_disk(record.name, stamp):
+                    if not shared:
+                        self._load_disk(record.name)
+                    continue
+                case = prepare_record(record, self.preprocessing)
+            except (MTSSError, OSError, RuntimeError, ValueError) as exc:
+                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                broken.append(BrokenCase(record.name, str(record.folder), f"cannot be prepared: {reason}"))
+                log.warning("Leaving out case %s: %s", record.name, reason)
+                continue
+            if shared:
+                self._write(case, stamp)
+            elif self.used + case.nbytes <= self.budget or self.folder is None:
+                self._memory[case.name] = case
+                self.used += case.nbytes
+            else:
+                self._write(case, stamp)
+                self._disk_entry(case.name)
+        if progress:
+            progress(len(mine), len(mine))
+        if shared:
+            d.barrier()
+            broken = [b for part in d.gather(broken) for b in part]
+            bad = {b.name for b in broken}
+            for record in records:
+                if record.name not in bad:
+                    self._load_disk(record.name)
+        return broken
+
+    # ------------------------------------------------------------------ disk
+    def _paths(self, name: str) -> dict[str, Path]:
+        assert self.folder is not None
+        return {k: self.folder / f"{name}.{k}.npy" for k in ("image", "seg", "brain")} | {"json": self.folder / f"{name}.json"}
+
+    def _on_disk(self, name: str, stamp: list[Any]) -> bool:
+        if self.folder is None:
+            return False
+        p = self._paths(name)
+        if not all(x.is_file() for x in p.values()):
+            return False
+        try:
+            info = json.loads(p["json"].read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return False
+        return info.get("stamp") == stamp
+
+    def _write(self, case: CachedCase, stamp: list[Any] | None = None) -> None:
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        p = self._paths(case.name)
+        _atomic_save(p["image"], case.image)
+        _atomic_save(p["seg"], case.seg)
+        _atomic_save(p["brain"], case.brain)
+        info = {"population": case.population, "present": case.present.tolist(),
+                "label_mask": case.label_mask.tolist(), "spacing_zyx": list(case.spacing_zyx), "stamp": stamp}
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{case.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(info, f)
+        os.replace(tmp, p["json"])  # written last: marks the entry complete
+
+    def _disk_entry(self, name: str) -> None:
+        info = json.loads(self._paths(name)["json"].read_text(encoding="utf-8"))
+        self._disk[name] = (info["population"], np.asarray(info["present"], np.float32),
+                            np.asarray(info["label_mask"], np.float32), tuple(info["spacing_zyx"]))
+
+    def _load_disk(self, name: str) -> None:
+        """Bring a case written to disk into RAM if it fits, else keep it memory-mapped."""
+        self._disk_entry(name)
+        p = self._paths(name)
+        size = sum(p[k].stat().st_size for k in ("image", "seg", "brain"))
+        if self.used + size <= self.budget:
+            self._memory[name] = self._read(name, mmap=False)
+            self.used += size
+            del self._disk[name]
+
+    def _read(self, name: str, mmap: bool) -> CachedCase:
+        pop, present, label_mask, spacing = self._disk[name]
+        p = self._paths(name)
+        mode = "r" if mmap else None
+        return CachedCase(name, pop, np.load(p["image"], mmap_mode=mode), present, np.load(p["seg"], mmap_mode=mode),
+                          np.load(p["brain"], mmap_mode=mode), label_mask, spacing)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ access
+    def __contains__(self, name: str) -> bool:
+        return name in self._memory or name in self._disk
+
+    def __len__(self) -> int:
+        return len(self._memory) + len(self._disk)
+
+    def names(self) -> list[str]:
+        return sorted(set(self._memory) | set(self._disk))
+
+    def get(self, name: str) -> CachedCase:
+        if name in self._memory:
+            return self._memory[name]
+        if name in self._disk:
+            return self._read(name, mmap=True)
+        raise KeyError(f"Case '{name}' is not in the cache (known: {len(self)} cases).")
+
+    def describe(self) -> str:
+        return (f"{len(self._memory)} cases in memory ({self.used / 2**20:.0f} MiB of a {self.budget / 2**20:.0f} MiB budget), "
+                f"{len(self._disk)} on disk" + (f" in {self.folder}" if self._disk else ""))

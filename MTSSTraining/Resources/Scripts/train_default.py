@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Train the default MTSS student from scratch: synthetic cohort -> five teachers -> joint baseline ->
+distilled student (all KD terms) -> evaluation -> bundle in the segmenter's package data.
+
+Anyone can rerun it. Two profiles:
+
+* ``--profile gpu``: the full recipe for a CUDA GPU (1.5 mm working spacing, large teachers, many steps).
+* ``--profile cpu``: what fits a 2-core CPU in about an hour (3 mm working spacing, small networks, few
+  steps). The bundle shipped today was made with this profile, because the session that made it had no GPU.
+
+Usage::
+
+    python MTSSTraining/Resources/Scripts/train_default.py --work /tmp/mtss-default --profile cpu [--install]
+
+Every step is a plain ``mtss`` command (printed before it runs), so each can be rerun or resumed alone
+(training steps are resumable with ``--resume``; finished steps are skipped on a rerun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POPULATIONS = ("GLI", "PED", "SSA", "MEN", "MET")
+KD_TERMS = ("output", "latent", "barlow", "region", "attention")
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parents[1] / "MTSSTrainingLib" / "configs"
+
+PROFILES = {
+    "cpu": {"cases": 24, "test_cases": 6, "synth_spacing": 2.0, "spacing": 3.0, "patch": 48, "batch": 1,
+            "teacher": "teacher_cpu", "student": "student_default", "teacher_base_steps": (4, 50),
+            "teacher_steps": (1, 30), "joint_steps": (4, 50), "student_steps": (5, 50), "ablation_steps": (2, 30),
+            "amp": False},
+    "gpu": {"cases": 200, "test_cases": 20, "synth_spacing": 1.0, "spacing": 1.5, "patch": 128, "batch": 2,
+            "teacher": "teacher_resunet", "student": "student_default", "teacher_base_steps": None,
+            "teacher_steps": (20, 100),
+            "joint_steps": (40, 100), "student_steps": (60, 100), "ablation_steps": (20, 100), "amp": True},
+}
+
+
+def mtss(*args: object, log: Path | None = None) -> None:
+    cmd = [sys.executable, "-m", "MTSSSegmenterLib.cli"] + [str(a) for a in args]
+    print("$ mtss " + " ".join(str(a) for a in args), flush=True)
+    t = time.time()
+    with open(log, "a") if log else open("/dev/null", "w") as f:
+        p = subprocess.run(cmd, stdout=f if log else None, stderr=subprocess.STDOUT if log else None)
+    if p.returncode != 0:
+        raise SystemExit(f"step failed ({p.returncode}) after {time.time() - t:.0f} s: {' '.join(cmd)}")
+    print(f"  done in {time.time() - t:.0f} s", flush=True)
+
+
+def train_opts(p: dict, steps: tuple[int, int], device: str) -> list[object]:
+    opts: list[object] = ["--epochs", steps[0], "--steps-per-epoch", steps[1], "--patch", p["patch"],
+                          "--batch", p["batch"], "--spacing", p["spacing"], "--device", device]
+    return opts + (["--amp"] if p["amp"] else [])
+
+
+def done(run: Path) -> bool:
+    return (run / "model.json").is_file() and (run / "model.safetensors").is_file()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", required=True, type=Path, help="working folder (data, runs, reports)")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--install", action="store_true", help="copy the student into the package data as 'default'")
+    ap.add_argument("--ablation", action="store_true", help="also distil once without each KD term")
+    args = ap.parse_args(argv)
+    p = PROFILES[args.profile]
+    w = args.work
+    w.mkdir(parents=True, exist_ok=True)
+    log = w / "recipe.log"
+    timings: dict[str, float] = {}
+    t0 = time.time()
+
+    def step(name: str, fn) -> None:
+        t = time.time()
+        fn()
+        timings[name] = round(time.time() - t, 1)
+        (w / "timings.json").write_text(json.dumps(timings, indent=2))
+
+    train, test = w / "train", w / "test"
+    if not (train / "cohort.json").is_file():
+        step("synth", lambda: mtss("synth", train, "--cases", p["cases"], "--spacing", p["synth_spacing"],
+                                   "--seed", 1000, "--workers", 2, log=log))
+    if not (test / "cohort.json").is_file():
+        step("synth_test", lambda: mtss("synth", test, "--cases", p["test_cases"], "--spacing", p["synth_spacing"],
+                                        "--seed", 2000, "--workers", 2, log=log))
+    runs = w / "runs"
+    init: list[object] = []
+    if p["teacher_base_steps"]:
+        # Small budgets: a teacher-sized network trained on every population, then fine-tuned per population
+        # (--init), instead of five teachers from scratch.
+        base = runs / "teacher-base"
+        init = ["--init", base]
+        if not done(base):
+            resume = ["--resume"] if (base / "run.json").is_file() else []
+            step("teacher_base", lambda: mtss("train-joint", train, "-o", base, "--network",
+                                              CONFIGS / f"{p['teacher']}.json", "--seed", 2, "--name", "teacher-base",
+                                              *resume, *train_opts(p, p["teacher_base_steps"], args.device), log=log))
+    teachers = {}
+    for pop in POPULATIONS:
+        run = runs / f"teacher-{pop}"
+        teachers[pop] = run
+        if not done(run):
+            resume = ["--resume"] if (run / "run.json").is_file() else []
+            step(f"teacher_{pop}", lambda run=run, pop=pop, resume=resume: mtss(
+                "train-teacher", train, "--population", pop, "-o", run, "--network", CONFIGS / f"{p['teacher']}.json",
+                "--seed", 1, *init, *resume, *train_opts(p, p["teacher_steps"], args.device), log=log))
+    joint = runs / "joint"
+    if not done(joint):
+        resume = ["--resume"] if (joint / "run.json").is_file() else []
+        step("joint", lambda: mtss("train-joint", train, "-o", joint, "--network", CONFIGS / f"{p['student']}.json",
+                                   "--seed", 1, "--modality-dropout", 0.5, *resume,
+                                   *train_opts(p, p["joint_steps"], args.device), log=log))
+    teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
+    student = runs / "student"
+
+    def distil(run: Path, kd: tuple[str, ...], steps: tuple[int, int]) -> None:
+        resume = ["--resume"] if (run / "run.json").is_file() else []
+        mtss("distill", train, "--teachers", *teacher_args, "-o", run, "--student", CONFIGS / f"{p['student']}.json",
+             "--kd", ",".join(kd), "--seed", 1, "--name", "mtss-default" if run == student else run.name, *resume,
+             *train_opts(p, steps, args.device), log=log)
+
+    if not done(student):
+        step("student", lambda: distil(student, KD_TERMS, p["student_steps"]))
+    ablations = []
+    if args.ablation:
+        for term in KD_TERMS:
+            run = runs / f"student-without-{term}"
+            ablations.append(run)
+            if not done(run):
+                step(f"ablation_{term}", lambda run=run, term=term: distil(
+                    run, tuple(t for t in KD_TERMS if t != term), p["ablation_steps"]))
+    reports = w / "reports"
+    models = [student, joint] + [teachers[pop] for pop in POPULATIONS] + ablations
+    model_args = [a for m in models for a in ("--model", m)]
+    step("evaluate", lambda: mtss("evaluate", test, *model_args, "--ensemble", *teacher_args, "-o", reports / "all",
+                                  "--device", args.device, log=log))
+    for subset in ("t1c,t2f", "t1c", "t2f"):
+        step(f"evaluate_{subset}", lambda subset=subset: mtss(
+            "evaluate", test, "--model", student, "--modalities", subset, "-o", reports / subset.replace(",", "+"),
+            "--device", args.device, "--overlays", 0, log=log))
+    timings["total"] = round(time.time() - t0, 1)
+    (w / "timings.json").write_text(json.dumps(timings, indent=2))
+    if args.install:
+        import MTSSSegmenterLib
+
+        target = Path(MTSSSegmenterLib.__file__).parent / "data" / "default"
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for f in ("model.safetensors", "model.json"):
+            shutil.copy2(student / f, target / f)
+        print(f"installed the student as {target}")
+    print(json.dumps(timings, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
