@@ -80,6 +80,38 @@ def prepare_record(record: CaseRecord, preprocessing: dict[str, Any]) -> CachedC
     return from_prepared(record.name, record.population, prepared, record.labels)
 
 
+def _prepare_or_report(args: tuple[CaseRecord, dict[str, Any]]) -> CachedCase | BrokenCase:
+    record, preprocessing = args
+    try:
+        return prepare_record(record, preprocessing)
+    except (MTSSError, OSError, RuntimeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        return BrokenCase(record.name, str(record.folder), f"cannot be prepared: {reason}")
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _prepare_all(todo: list[tuple[CaseRecord, list[Any] | None]], preprocessing: dict[str, Any], workers: int):
+    """Yield ``(record, stamp, CachedCase or BrokenCase)`` in order, over a process pool when ``workers`` > 1."""
+    jobs = [(record, preprocessing) for record, _ in todo]
+    if workers <= 1 or len(todo) <= 1:
+        results = map(_prepare_or_report, jobs)
+        for (record, stamp), result in zip(todo, results):
+            yield record, stamp, result
+        return
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ctx.Pool(min(workers, len(todo)), initializer=_one_thread) as pool:
+        for (record, stamp), result in zip(todo, pool.imap(_prepare_or_report, jobs)):
+            yield record, stamp, result
+
+
 def _stamp(record: CaseRecord) -> list[Any]:
     files = sorted(record.files.items()) + ([("seg", record.seg)] if record.seg else [])
     out: list[Any] = []
@@ -151,40 +183,44 @@ class CaseCache:
             self._write(case)
             self._disk_entry(case.name)
 
-    def fill(self, records: Sequence[CaseRecord],
-             progress: Callable[[int, int], None] | None = None) -> list[BrokenCase]:
-        """Prepare every record (this process's share under torchrun); return the cases that failed."""
+    def fill(self, records: Sequence[CaseRecord], progress: Callable[[int, int], None] | None = None,
+             workers: int = 1) -> list[BrokenCase]:
+        """Prepare every record (this process's share under torchrun) over ``workers`` processes; return the
+        cases that could not be prepared."""
         d = self.dist
         shared = d.distributed and self.folder is not None
         mine = [r for i, r in enumerate(records) if not shared or i % d.world == d.rank]
         broken: list[BrokenCase] = []
-        for i, record in enumerate(mine):
-            if progress:
-                progress(i, len(mine))
+        todo: list[tuple[CaseRecord, list[Any] | None]] = []
+        for record in mine:
             if record.name in self._memory:
                 continue
             try:
                 stamp = _stamp(record)
-                if self._on_disk(record.name, stamp):
-                    if not shared:
-                        self._load_disk(record.name)
-                    continue
-                case = prepare_record(record, self.preprocessing)
-            except (MTSSError, OSError, RuntimeError, ValueError) as exc:
-                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                broken.append(BrokenCase(record.name, str(record.folder), f"cannot be prepared: {reason}"))
-                log.warning("Leaving out case %s: %s", record.name, reason)
+            except OSError as exc:
+                broken.append(BrokenCase(record.name, str(record.folder), f"cannot be read: {exc}"))
                 continue
-            if shared:
-                self._write(case, stamp)
-            elif self.used + case.nbytes <= self.budget or self.folder is None:
-                self._memory[case.name] = case
-                self.used += case.nbytes
+            if self._on_disk(record.name, stamp):
+                if not shared:
+                    self._load_disk(record.name)
+                continue
+            todo.append((record, stamp))
+        for i, (record, stamp, result) in enumerate(_prepare_all(todo, self.preprocessing, workers)):
+            if progress:
+                progress(i, len(todo))
+            if isinstance(result, BrokenCase):
+                broken.append(result)
+                log.warning("Leaving out case %s: %s", result.name, result.reason)
+            elif shared:
+                self._write(result, stamp)
+            elif self.used + result.nbytes <= self.budget or self.folder is None:
+                self._memory[result.name] = result
+                self.used += result.nbytes
             else:
-                self._write(case, stamp)
-                self._disk_entry(case.name)
+                self._write(result, stamp)
+                self._disk_entry(result.name)
         if progress:
-            progress(len(mine), len(mine))
+            progress(len(todo), len(todo))
         if shared:
             d.barrier()
             broken = [b for part in d.gather(broken) for b in part]
@@ -267,3 +303,34 @@ class CaseCache:
     def describe(self) -> str:
         return (f"{len(self._memory)} cases in memory ({self.used / 2**20:.0f} MiB of a {self.budget / 2**20:.0f} MiB budget), "
                 f"{len(self._disk)} on disk" + (f" in {self.folder}" if self._disk else ""))
+
+
+def prepare_arrays(images_xyz: dict[str, np.ndarray], seg_xyz: np.ndarray, affine_ras: np.ndarray,
+                   preprocessing: dict[str, Any]) -> PreparedCase:
+    """Prepare a case held in memory as NIfTI-style arrays (x, y, z) and a RAS affine, e.g. a
+    :class:`~MTSSTrainingLib.synth.case.SynthCase` (``case.images, case.seg, case.affine``)."""
+    from MTSSSegmenterLib.io import image_from_nifti_array
+
+    images = {code: image_from_nifti_array(arr, affine_ras) for code, arr in images_xyz.items()}
+    seg = image_from_nifti_array(np.asarray(seg_xyz, dtype=np.uint8), affine_ras)
+    return prepare_case(images, preprocessing, seg=seg)
+
+
+def memory_data(cases: Sequence[tuple[str, str, PreparedCase]], preprocessing: dict[str, Any],
+                labels: Sequence[str] = REGION_CODES) -> tuple[Any, CaseCache]:
+    """``(DataIndex, CaseCache)`` for training on cases prepared in memory (no files): give it to
+    ``train_teacher(config, data=...)``, ``train_joint`` or ``distill``.
+
+    Args:
+        cases: ``(case name, population code, prepared case)`` triples, prepared with ``preprocessing``.
+        preprocessing: ``TrainConfig.preprocessing()`` of the run.
+        labels: regions the label maps mark.
+    """
+    from .data import DataIndex
+
+    cache = CaseCache(preprocessing, None, budget_bytes=1 << 62)
+    records = []
+    for name, pop, prepared in cases:
+        cache.put(from_prepared(name, pop, prepared, labels))
+        records.append(CaseRecord(name, Path("<memory>"), pop, {}, None, "memory", tuple(labels)))
+    return DataIndex([], records, [], {"memory": list(labels)}), cache

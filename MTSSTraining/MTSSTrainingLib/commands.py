@@ -100,22 +100,26 @@ def _training_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--modality-dropout", type=float, default=None,
                    help=f"probability of a random modality subset per sample (default {DEFAULT_DROPOUT[command]})")
     p.add_argument("--name", default=None, help="bundle name (default teacher-POP, joint or student)")
+    default_subsets = [] if command == "train-teacher" else ["t1c,t2f"]
+    p.add_argument("--val-subsets", nargs="*", default=default_subsets, metavar="MODS",
+                   help="also validate from these modality subsets, e.g. t1c,t2f t1c (default: "
+                        f"{' '.join(default_subsets) or 'none'})")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the four commands on the ``mtss`` sub-command parser."""
-    p = subparsers.add_parser("train-teacher", help="train one population's teacher",
+    p = subparsers.add_parser("train-teacher", help="Train one population's teacher network.",
                               description="Train a population teacher (Dice+BCE, deep supervision); the bundle lands in RUN.")
     _training_options(p, "train-teacher")
     p.add_argument("--population", required=True, help="GLI, PED, SSA, MEN or MET")
     p.set_defaults(func=run_train_teacher)
 
-    p = subparsers.add_parser("train-joint", help="train one network on all populations (baseline)",
+    p = subparsers.add_parser("train-joint", help="Train one network on all populations together (the baseline).",
                               description="Train the joint baseline on all populations without distillation.")
     _training_options(p, "train-joint")
     p.set_defaults(func=run_train_joint)
 
-    p = subparsers.add_parser("distill", help="distil population teachers into one student",
+    p = subparsers.add_parser("distill", help="Distil population teachers into one small student.",
                               description="Multi-teacher knowledge distillation into one small student.")
     _training_options(p, "distill")
     p.add_argument("--student", metavar="CONFIG", default=None, help="student network config (default student_small)")
@@ -129,7 +133,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-cache", action="store_true", help="cache teacher outputs on disk (float16)")
     p.set_defaults(func=run_distill)
 
-    p = subparsers.add_parser("evaluate", help="evaluate models on labelled cases",
+    p = subparsers.add_parser("evaluate", help="Evaluate models on labelled cases: Dice, HD95, lesion-wise, per population.",
                               description="Every model on every case: Dice, HD95, lesion-wise metrics per population.")
     p.add_argument("data", help="data folder of labelled BraTS case folders")
     p.add_argument("--model", action="append", default=[], metavar="BUNDLE", help="bundle path or installed name (repeat)")
@@ -155,11 +159,15 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
     else:
         network = resolve_network(network_spec or DEFAULT_NETWORKS[command]).to_dict()
     dropout = DEFAULT_DROPOUT[command] if args.modality_dropout is None else args.modality_dropout
+    from .evaluate import parse_modalities
+
+    subsets = [parse_modalities(text) for text in args.val_subsets]
     return TrainConfig(command=command, data=[args.data], out=args.output, network=network, epochs=args.epochs,
                        steps_per_epoch=args.steps_per_epoch, patch=tuple(args.patch), batch=args.batch, lr=args.lr,
                        schedule=args.schedule, device=args.device, amp=args.amp, seed=args.seed, workers=args.workers,
                        val_fraction=args.val_fraction, spacing=args.spacing, mapping=args.mapping, init=args.init,
-                       cache_gb=args.cache_gb, modality_dropout=dropout, name=args.name, **extra)
+                       cache_gb=args.cache_gb, modality_dropout=dropout, name=args.name, val_subsets=subsets,
+                       **extra)
 
 
 def _guard(body: Callable[[], int], run_dir: str | None = None) -> int:
@@ -204,7 +212,7 @@ def _train(args: argparse.Namespace, command: str, fn_name: str, **extra: Any) -
             if result.data.broken:
                 print(f"{len(result.data.broken)} case(s) were left out:\n{result.data.broken_report()}", file=sys.stderr)
             v = result.validation
-            score = f"; validation macro Dice {v['macro']['mean']:.3f}" if v else ""
+            score = f"; validation macro Dice {v['macro']['mean']:.3f}" if v and v["macro"]["mean"] is not None else ""
             print(f"bundle: {result.bundle}{score}")
         return 0
 

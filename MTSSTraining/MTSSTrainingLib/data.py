@@ -176,6 +176,8 @@ def _read_declarations(source: str | Path | dict[str, Any] | None, decl: _Declar
     populations = data.get("populations")
     for name, pop in (populations.items() if isinstance(populations, dict) else ()):  # a list: cohort.json's summary
         decl.populations[str(name)] = str(pop)
+    if data.get("synthetic") is True:
+        decl.synthetic = True
     labels = data.get("labels")
     if isinstance(labels, dict):
         for name, value in labels.items():

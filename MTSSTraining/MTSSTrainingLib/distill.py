@@ -248,6 +248,7 @@ def distill_task(config: TrainConfig, dist: DistContext, cache: CaseCache, index
                     meta=meta, extra_networks=extra_networks, sampler_extras=extras, augment=augment)
 
 
-def distill(config: TrainConfig, progress: ProgressCallback | None = None, resume: bool = False) -> TrainResult:
+def distill(config: TrainConfig, progress: ProgressCallback | None = None, resume: bool = False,
+            data: tuple[DataIndex, CaseCache] | None = None) -> TrainResult:
     """Distil the teachers into a student; the bundle lands in ``config.out``."""
-    return Trainer(config, distill_task, progress, resume).run()
+    return Trainer(config, distill_task, progress, resume, data).run()

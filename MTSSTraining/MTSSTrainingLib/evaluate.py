@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from MTSSSegmenterLib.bundle import Bundle
+from MTSSSegmenterLib.bundle import Bundle, find_bundle, load_bundle
 from MTSSSegmenterLib.constants import (
     MODALITY_CODES,
     POPULATION_CODES,
@@ -33,9 +33,10 @@ from MTSSSegmenterLib.constants import (
     modality,
 )
 from MTSSSegmenterLib.errors import Cancelled, InputError, MTSSError
+from MTSSSegmenterLib.geometry import Grid
 from MTSSSegmenterLib.io import read_image, read_labels
 from MTSSSegmenterLib.metrics import case_metrics, summarise
-from MTSSSegmenterLib.pipeline import get_bundle, segment
+from MTSSSegmenterLib.pipeline import segment
 
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .data import BrokenCase, discover
@@ -75,7 +76,7 @@ def resolve_models(models: Sequence[str | Path | Bundle], ensemble: Bundle | Non
     if not items:
         raise InputError("No model to evaluate; give --model PATH (one or more) and/or --ensemble GLI=RUN ...")
     for item in items:
-        bundle = item if isinstance(item, Bundle) else get_bundle(item)
+        bundle = item if isinstance(item, Bundle) else load_bundle(find_bundle(item))  # fresh: it may be retrained
         base = bundle.name if isinstance(item, Bundle) else (bundle.name if bundle.name != "unnamed" else Path(str(item)).name)
         seen[base] = seen.get(base, 0) + 1
         label = base if seen[base] == 1 else f"{base}-{seen[base]}"
@@ -178,16 +179,17 @@ def evaluate(data: str | Path | Sequence[str | Path], models: Sequence[str | Pat
             row.update({"case": rec.name, "model": model.label, "time_s": time.perf_counter() - t,
                         "inputs": list(result.inputs)})
             rows.append(row)
-            preds[model.label] = pred
+            preds[model.label] = result.label
             done += 1
             if progress is not None:
                 rate = (time.monotonic() - started) / done
                 progress({"stage": "evaluating", "step": done, "steps": total, "fraction": done / total,
                           "eta_s": rate * (total - done), "message": f"{rec.name} {model.label}"})
         if len(overlay_cases) < overlays and rec.population not in {v["population"] for v in overlay_cases.values()}:
-            ref = result.reference
-            overlay_cases[rec.name] = {"population": rec.population, "image": sitk.GetArrayFromImage(images.get("t2f", images[ref])),
-                                       "truth": truth, "preds": preds}
+            shown = images.get("t2f", images[result.reference])
+            if Grid.of(shown).same_as(Grid.of(truth_img)):
+                overlay_cases[rec.name] = {"population": rec.population, "image": _lps(shown), "truth": _lps(truth_img),
+                                           "preds": {k: _lps(v) for k, v in preds.items()}}
     summaries = {m.label: summarise([r for r in rows if r["model"] == m.label]) for m in evaluated}
     comparisons = [compare(rows, evaluated[0].label, m.label) for m in evaluated[1:]]
     report: dict[str, Any] = {
@@ -207,6 +209,11 @@ def evaluate(data: str | Path | Sequence[str | Path], models: Sequence[str | Pat
     atomic_write_json(out / "report.json", report)
     atomic_write_bytes(out / "report.md", render_markdown(report).encode("utf-8"))
     return report
+
+
+def _lps(image: sitk.Image) -> np.ndarray:
+    """(z, y, x) array in LPS order: row 0 anterior, column 0 the patient's right (radiological display)."""
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
 
 
 def _figures(out: Path, summaries: dict[str, Any], overlay_cases: dict[str, Any]) -> list[str]:

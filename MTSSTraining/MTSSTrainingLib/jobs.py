@@ -151,6 +151,7 @@ class TrainingJob:
         self.state = STARTING
         self.progress = 0.0
         self.message = f"Starting {self.description}..."
+        self._listener: Callable[[], None] | None = None
         self.error: Exception | None = None
         self._result: Any = None
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -218,6 +219,8 @@ class TrainingJob:
             return
         self.details, self.state = progress, RUNNING
         self.progress, self.message = progress.fraction, progress.text()
+        if self._listener is not None:  # wait(): every progress event, not only the latest of a poll
+            self._listener()
 
     def _ended(self, returncode: int) -> None:
         if returncode != 0:
@@ -279,19 +282,27 @@ class TrainingJob:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         last: tuple[str, float, str] | None = None
+
+        def report() -> None:
+            nonlocal last
+            status = (self.state, self.progress, self.message)
+            if callback is not None and status != last:
+                last = status
+                callback(*status)
+
+        self._listener = report
         try:
             while not self.finished:
-                status = self.poll(interval)
-                if callback is not None and status != last:
-                    callback(*status)
-                    last = status
+                self.poll(interval)
+                report()
                 if deadline is not None and not self.finished and time.monotonic() > deadline:
                     raise TimeoutError(f"{self.description} is still running after {timeout} s.")
         except (Cancelled, KeyboardInterrupt):
             self.cancel()
             raise
-        if callback is not None and (self.state, self.progress, self.message) != last:
-            callback(self.state, self.progress, self.message)
+        finally:
+            self._listener = None
+        report()
         return self.result()
 
     def __del__(self) -> None:  # never leave a training running behind a forgotten job

@@ -23,6 +23,7 @@ def joint_task(config: TrainConfig, dist: DistContext, cache: CaseCache, index: 
                     selection_population=None, meta=meta)
 
 
-def train_joint(config: TrainConfig, progress: ProgressCallback | None = None, resume: bool = False) -> TrainResult:
+def train_joint(config: TrainConfig, progress: ProgressCallback | None = None, resume: bool = False,
+                data: tuple[DataIndex, CaseCache] | None = None) -> TrainResult:
     """Train the joint baseline on all populations; the bundle lands in ``config.out``."""
-    return Trainer(config, joint_task, progress, resume).run()
+    return Trainer(config, joint_task, progress, resume, data).run()

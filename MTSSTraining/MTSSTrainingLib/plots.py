@@ -46,6 +46,8 @@ def training_curves(records: Sequence[dict[str, Any]], path: str | Path, title: 
     if not epochs:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     x = [r["epoch"] for r in epochs]
     terms = sorted({k for r in epochs for k in r["train"]})
@@ -61,13 +63,16 @@ def training_curves(records: Sequence[dict[str, Any]], path: str | Path, title: 
     if vals:
         vx = [r["epoch"] for r in vals]
         for key in ["macro"] + [p for p in POPULATION_CODES if any(p in r["val"] for r in vals)]:
-            ax2.plot(vx, [r["val"].get(key, {}).get("mean", math.nan) for r in vals], marker=".", label=key,
+            ys = [r["val"].get(key, {}).get("mean") for r in vals]
+            ax2.plot(vx, [math.nan if y is None else y for y in ys], marker=".", label=key,
                      linewidth=2.5 if key == "macro" else 1.2)
         ax2.set_ylim(0, 1)
         ax2.legend(fontsize=8)
     else:
         ax2.text(0.5, 0.5, "no validation cases", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_xlabel("epoch")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_ylabel("validation Dice (mean of WT, TC, ET)")
     ax2.grid(alpha=0.3)
     fig.suptitle(title or "training")
@@ -122,18 +127,21 @@ def model_comparison(summaries: dict[str, dict[str, Any]], path: str | Path, met
 
 def overlay(image: np.ndarray, truth: np.ndarray, predictions: dict[str, np.ndarray], path: str | Path,
             title: str = "") -> Path:
-    """The axial slice (z, y, x arrays) with the most tumour: image, truth outline, each prediction's outline."""
+    """The axial slice with the most tumour: image, truth outline, each prediction's outline.
+
+    Arrays are (z, y, x) in LPS order (row 0 anterior, column 0 the patient's right), shown radiologically.
+    """
     plt = _pyplot()
     z = int(np.argmax((truth > 0).sum(axis=(1, 2)))) if truth.any() else image.shape[0] // 2
     panels = [("truth", truth)] + list(predictions.items())
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
     lo, hi = np.percentile(image[z], [1, 99]) if image[z].any() else (0.0, 1.0)
     for ax, (name, labels) in zip(np.atleast_1d(axes), panels):
-        ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi, origin="lower")
+        ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi)
         for lab in LABELS:
             mask = labels[z] == lab.value
             if mask.any():
-                ax.contour(mask.astype(float), levels=[0.5], colors=[lab.color], linewidths=1.0, origin="lower")
+                ax.contour(mask.astype(float), levels=[0.5], colors=[lab.color], linewidths=1.0)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)

@@ -69,6 +69,7 @@ def teacher_task(config: TrainConfig, dist: DistContext, cache: CaseCache, index
                     selection_population=config.population, meta=meta)
 
 
-def train_teacher(config: TrainConfig, progress: ProgressCallback | None = None, resume: bool = False) -> TrainResult:
+def train_teacher(config: TrainConfig, progress: ProgressCallback | None = None, resume: bool = False,
+                  data: tuple[DataIndex, CaseCache] | None = None) -> TrainResult:
     """Train a population teacher; the bundle lands in ``config.out``."""
-    return Trainer(config, teacher_task, progress, resume).run()
+    return Trainer(config, teacher_task, progress, resume, data).run()

@@ -60,13 +60,16 @@ def score_case(network: torch.nn.Module, case: Any, roi_size: Sequence[int], dev
             for i, r in enumerate(REGION_CODES)}
 
 
-def _nanmean(values: list[float]) -> float:
+def _nanmean(values: list[float | None]) -> float | None:
+    """Mean of the finite values; None (JSON null) when there is none (e.g. TC of whole-tumour-only data)."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+    return float(np.mean(finite)) if finite else None
 
 
 def summarise_scores(rows: list[tuple[str, dict[str, float]]]) -> dict[str, Any]:
-    """``[(population, {region: dice})]`` -> per-population means, ``mean`` over regions, and macro."""
+    """``[(population, {region: dice})]`` -> per-population means, ``mean`` over regions, and macro.
+
+    Regions no case's labels mark are None (valid JSON, unlike NaN)."""
     pops: dict[str, Any] = {}
     for code in POPULATION_CODES:
         mine = [s for p, s in rows if p == code]

@@ -60,6 +60,20 @@ def test_discover_populations_partial_labels_and_broken(mixed_data):
     assert "Patient7" in {b.name for b in discover(root).broken}
 
 
+def test_synth_cohort_json_is_read(tmp_path):
+    root = tmp_path / "synth"
+    write_fake_case(root, "BraTS-SSA-00000-000", 1)
+    write_fake_case(root, "BraTS-MET-00000-000", 2)
+    doc = {"generator": "mtss synth", "synthetic": True, "populations": ["SSA", "MET"],
+           "cases": [{"case": "BraTS-SSA-00000-000", "population": "SSA", "seed": 1}]}
+    (root / "cohort.json").write_text(json.dumps(doc))
+    index = discover(root)
+    assert index.synthetic and index.populations() == ["SSA", "MET"]
+    assert index.to_dict()["synthetic"] is True
+    (root / "cohort.json").write_text(json.dumps({**doc, "synthetic": False}))
+    assert not discover(root).synthetic
+
+
 def test_population_from_name_and_mapping_errors(tmp_path):
     assert population_from_name("BraTS-MET-00012-000") == "MET"
     assert population_from_name("BraTS2021_00100") == "GLI"
@@ -89,7 +103,7 @@ def test_corrupt_case_is_left_out_and_others_prepared(tmp_path):
     index = discover(root)
     assert len(index.cases) == 3  # found; the file is only read while preparing
     cache = CaseCache(PRE, tmp_path / "cache")
-    broken = cache.fill(index.cases)
+    broken = cache.fill(index.cases, workers=2)  # prepared in two processes
     assert [b.name for b in broken] == ["BraTS-GLI-00003-000"]
     assert "t2w" in broken[0].reason and "cannot be prepared" in broken[0].reason
     index.leave_out(broken)

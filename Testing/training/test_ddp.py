@@ -45,6 +45,7 @@ def test_distill_under_torchrun_with_two_processes(tmp_path):
     assert training["world_size"] == 2 and training["kd"] == ["output", "latent", "barlow", "region", "attention"]
     val = bundle.meta["metrics"]["validation"]
     assert val["n_cases"] == 2 and set(val["populations"]) == {"GLI", "MET"}  # gathered from both ranks
+    assert set(val["subsets"]) == {"t1c+t2f"}  # the command's default extra validation subset
     # every process drew its own samples: 2 processes x 2 steps x batch 2 per epoch
     records = read_log(run)
     assert [r["epoch"] for r in records] == [1, 2] and records[-1]["step"] == 4

@@ -42,11 +42,11 @@ def chain(tmp_path_factory) -> dict:
     for pop in POPS:
         t = time.perf_counter()
         train_teacher(TrainConfig(command="train-teacher", out=str(root / f"teacher-{pop}"), population=pop,
-                                  epochs=3, steps_per_epoch=20, **common))
+                                  epochs=2, steps_per_epoch=25, **common))
         teachers[pop] = str(root / f"teacher-{pop}")
         timings[f"teacher_{pop}_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    result = distill(TrainConfig(command="distill", out=str(root / "student"), epochs=4, steps_per_epoch=25,
+    result = distill(TrainConfig(command="distill", out=str(root / "student"), epochs=3, steps_per_epoch=25,
                                  kd=KD_ALL, teachers=teachers, modality_dropout=0.5, val_subsets=[["t1c", "t2f"]],
                                  **common))
     timings["student_s"] = time.perf_counter() - t

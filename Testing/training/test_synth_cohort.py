@@ -95,8 +95,11 @@ def test_same_seed_same_bytes_whatever_the_workers(cohort_dir, tmp_path):
 
 
 def test_in_memory_cohort_matches_the_files(cohort_dir):
-    ids = [(cid, c.meta["seed"]) for cid, c in iter_cases(1, ["MET"], seed=5, spacing=SPACING, workers=2)]
-    assert ids == [("BraTS-MET-00000-000", 5 * SEED_STRIDE)]
+    cases = list(iter_cases(2, ["MET"], seed=5, spacing=SPACING, workers=2))  # through a process pool
+    assert [cid for cid, _ in cases] == ["BraTS-MET-00000-000", "BraTS-MET-00001-000"]
+    assert [c.meta["seed"] for _, c in cases] == [5 * SEED_STRIDE, 5 * SEED_STRIDE + 1]
+    seg = nib.load(str(cohort_dir / "BraTS-MET-00001-000" / "BraTS-MET-00001-000-seg.nii.gz"))
+    assert np.array_equal(np.asarray(seg.dataobj), cases[1][1].seg)
 
 
 @pytest.mark.parametrize("kwargs, error, words", [
@@ -156,7 +159,7 @@ def test_mtss_synth_entry_point(tmp_path):
         pytest.skip(f"no mtss console script next to {sys.executable}; install the package (pip install -e .)")
     out = tmp_path / "cli"
     done = subprocess.run([str(exe), "synth", str(out), "--cases", "1", "--populations", "PED", "--spacing", "6"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ})
+                          capture_output=True, text=True, timeout=120, env={**os.environ}, check=False)
     assert done.returncode == 0, done.stderr
     assert "wrote 1 synthetic cases" in done.stdout
     assert (out / "cohort.json").is_file()

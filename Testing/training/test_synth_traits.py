@@ -18,7 +18,7 @@ SPACING = 3.0
 SEEDS = tuple(range(8))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def case(population: str, seed: int):
     return generate_case(population, seed, spacing=SPACING)
 

@@ -22,7 +22,7 @@ from MTSSTrainingLib.progress import ProgressPrinter, parse_progress_line, read_
 from MTSSTrainingLib.runconfig import TrainConfig, resolve_network
 from MTSSTrainingLib.teacher import SupervisedModule, train_teacher
 
-from .cohort import one_thread, write_fake_case  # noqa: F401  (autouse)
+from .cohort import fake_bundle, one_thread, write_fake_case  # noqa: F401  (autouse)
 
 TINY = resolve_network("tiny").to_dict()
 
@@ -86,6 +86,25 @@ def test_teacher_run_writes_bundle_logs_and_leaves_out_a_broken_case(fake_data, 
     assert seg.label.GetSize() == ref.GetSize() and seg.model_name == "teacher-GLI"
 
 
+def test_training_on_cases_prepared_in_memory(tmp_path):
+    from MTSSTrainingLib.cache import memory_data, prepare_arrays
+    from MTSSTrainingLib.joint import train_joint
+
+    config = _config(tmp_path / "unused", tmp_path / "run", command="train-joint", population=None, epochs=1)
+    cases = []
+    for i, pop in enumerate(("GLI", "GLI", "PED", "PED")):
+        folder = write_fake_case(tmp_path / "arrays", f"case{i}", i)
+        arrays = {m: np.transpose(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"case{i}-{m}.nii.gz"))), (2, 1, 0))
+                  for m in ("t1n", "t1c", "t2w", "t2f", "seg")}
+        seg = arrays.pop("seg")
+        cases.append((f"mem-{i}", pop, prepare_arrays(arrays, seg, np.diag([4.0, 4.0, 4.0, 1.0]), config.preprocessing())))
+    result = train_joint(config, data=memory_data(cases, config.preprocessing()))
+    meta = load_bundle(tmp_path / "run").meta
+    assert meta["role"] == "joint" and meta["populations"] == ["GLI", "PED"]
+    assert set(result.validation["populations"]) == {"GLI", "PED"}
+    assert not (tmp_path / "run" / "cache").exists()
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_run(fake_data, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -102,6 +121,47 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(fake_data, tmp_path, c
     assert "Did you mean 'GLI'" in capsys.readouterr().err
     assert commands.main(args(tmp_path / "x", "GLI", "18")) == 2
     assert "multiple of 4" in capsys.readouterr().err
+
+
+def test_fine_tuning_from_a_bundle_on_whole_tumour_only_data(tmp_path, capsys):
+    data = tmp_path / "data"
+    for i in range(3):
+        write_fake_case(data / "men_wt", f"BraTS-MEN-{i:05d}-000", 60 + i, labels=(2,))
+    (data / "men_wt" / "cohort.json").write_text(json.dumps({"labels": ["WT"]}))
+    for i in range(2):
+        write_fake_case(data / "glioma", f"BraTS-GLI-{i:05d}-000", 70 + i)
+    init = fake_bundle(tmp_path / "init", "MEN")  # the network of configs/tiny.json
+    common = ["--population", "MEN", "--patch", "16", "--spacing", "4", "--epochs", "1", "--steps-per-epoch", "2",
+              "--val-fraction", "0.5", "--init", str(init)]
+    assert commands.main(["train-teacher", str(data), "-o", str(tmp_path / "run"), *common]) == 0
+    meta = load_bundle(tmp_path / "run").meta
+    assert meta["training"]["labelled_regions"] == ["WT"]  # its expert region, for MS-KD
+    assert meta["training"]["init_from"]["name"] == "untrained-teacher-MEN"
+    men = meta["metrics"]["validation"]["populations"]["MEN"]
+    assert men["TC"] is None and men["ET"] is None and men["mean"] == men["WT"]
+    assert meta["metrics"]["validation"]["populations"]["GLI"]["TC"] is not None
+    assert "NaN" not in (tmp_path / "run" / "model.json").read_text()
+    capsys.readouterr()
+    assert commands.main(["train-teacher", str(data), "-o", str(tmp_path / "run2"), "--network", "student_small",
+                          *common]) == 2
+    assert "--init bundle" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_checkpoints(fake_data, tmp_path, monkeypatch, capsys):
+    from MTSSTrainingLib import progress
+
+    def interrupt(self, event):
+        if event.get("stage") == "training" and event.get("epoch") == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress.ProgressPrinter, "__call__", interrupt)
+    run = tmp_path / "run"
+    code = commands.main(["train-teacher", str(fake_data), "-o", str(run), "--population", "GLI", "--network", "tiny",
+                          "--patch", "16", "--spacing", "4", "--epochs", "3", "--steps-per-epoch", "2"])
+    assert code == 130
+    assert "--resume" in capsys.readouterr().err
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["epoch"] == 1
+    assert not (run / "model.json").exists()
 
 
 def _last_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -142,7 +202,7 @@ def test_resume_after_a_killed_run_gives_the_same_weights(fake_data, tmp_path):
     a, b = _last_weights(tmp_path / "straight"), _last_weights(run)
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+        assert torch.equal(a[key], b[key]), key  # bit for bit
     assert [r["epoch"] for r in read_log(run)] == [1, 2, 3]
     assert load_bundle(run).meta["training"]["epochs"] == 3
 

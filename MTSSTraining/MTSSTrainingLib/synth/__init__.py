@@ -18,9 +18,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .case import SynthCase, count_lesions, generate_case
-    from .cohort import iter_cases, write_cohort
-    from .populations import LESION_KINDS, POPULATION_TRAITS, traits
+    from .case import SynthCase, count_lesions, generate_case  # noqa: F401
+    from .cohort import iter_cases, write_cohort  # noqa: F401
+    from .populations import LESION_KINDS, POPULATION_TRAITS, traits  # noqa: F401
 
 # Imported on first use, so that ``mtss --help`` (which imports ``synth.command``) stays light.
 _EXPORTS = {"SynthCase": "case", "generate_case": "case", "count_lesions": "case", "iter_cases": "cohort",

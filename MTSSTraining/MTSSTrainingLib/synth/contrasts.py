@@ -105,9 +105,9 @@ def sample_imaging(rng: np.random.Generator, traits: PopulationTraits) -> dict[s
         lo, hi = PERIVENTRICULAR.get(code, (1.0, 1.0))
         means["pvent"] = float(rng.uniform(lo, hi))
         means["spots"] = float(rng.uniform(*WM_SPOTS[code]))
-        for name in means:
+        for name, value in means.items():
             if name not in ("wm", "vessel"):
-                means[name] = 1.0 + (means[name] - 1.0) * contrast
+                means[name] = 1.0 + (value - 1.0) * contrast
         thick = code in ("t1n", "t1c") and volumetric_t1
         slice_mm = 1.0 if thick else float(rng.uniform(*im.slice_mm))
         axis = 2 if rng.random() < 0.8 else int(rng.integers(2))
@@ -171,8 +171,7 @@ def _hats(t1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def render(tissues: Tissues, tumour: TumourMaps, brain: np.ndarray, imaging: dict[str, SequenceParams],
-           traits: PopulationTraits, rng_fields: np.random.Generator, rng_noise: np.random.Generator
-           ) -> dict[str, np.ndarray]:
+           rng_fields: np.random.Generator, rng_noise: np.random.Generator) -> dict[str, np.ndarray]:
     """The four images (float32, zero outside ``brain``) on the tissue box.
 
     Intensities are computed on the list of brain voxels; the tumour terms only where a lesion is.
@@ -181,7 +180,10 @@ def render(tissues: Tissues, tumour: TumourMaps, brain: np.ndarray, imaging: dic
     t = tissues.maps
     m = tumour.maps
     idx = np.flatnonzero(brain)
-    take = lambda a: a.reshape(-1)[idx]  # noqa: E731 - local shorthand
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return a.reshape(-1)[idx]
+
     gm, wm, csf = take(t["gm"]), take(t["wm"]), take(t["csf"])
     cleft = take(m["cleft"])
     sub = np.flatnonzero(cleft > 0)

@@ -33,8 +33,8 @@ CONFIGS = HERE.parents[1] / "MTSSTrainingLib" / "configs"
 
 PROFILES = {
     "cpu": {"cases": 24, "test_cases": 6, "synth_spacing": 2.0, "spacing": 3.0, "patch": 48, "batch": 1,
-            "teacher": "teacher_cpu", "student": "student_default", "teacher_base_steps": (4, 50),
-            "teacher_steps": (1, 30), "joint_steps": (4, 50), "student_steps": (5, 50), "ablation_steps": (2, 30),
+            "teacher": "teacher_cpu", "student": "teacher_cpu", "teacher_base_steps": (4, 50),
+            "teacher_steps": (1, 20), "joint_steps": None, "student_steps": (3, 40), "ablation_steps": (1, 30),
             "amp": False},
     "gpu": {"cases": 200, "test_cases": 20, "synth_spacing": 1.0, "spacing": 1.5, "patch": 128, "batch": 2,
             "teacher": "teacher_resunet", "student": "student_default", "teacher_base_steps": None,
@@ -114,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                 "train-teacher", train, "--population", pop, "-o", run, "--network", CONFIGS / f"{p['teacher']}.json",
                 "--seed", 1, *init, *resume, *train_opts(p, p["teacher_steps"], args.device), log=log))
     joint = runs / "joint"
-    if not done(joint):
+    if p["joint_steps"] is None:
+        # Small budgets: the teacher base (same network as the student, trained on every population without
+        # distillation) is the joint baseline, and the student starts from it (--init).
+        joint = runs / "teacher-base"
+    elif not done(joint):
         resume = ["--resume"] if (joint / "run.json").is_file() else []
         step("joint", lambda: mtss("train-joint", train, "-o", joint, "--network", CONFIGS / f"{p['student']}.json",
                                    "--seed", 1, "--modality-dropout", 0.5, *resume,
@@ -122,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
     student = runs / "student"
 
+    student_init = ["--init", joint] if p["joint_steps"] is None else []
+
     def distil(run: Path, kd: tuple[str, ...], steps: tuple[int, int]) -> None:
         resume = ["--resume"] if (run / "run.json").is_file() else []
         mtss("distill", train, "--teachers", *teacher_args, "-o", run, "--student", CONFIGS / f"{p['student']}.json",
              "--kd", ",".join(kd), "--seed", 1, "--name", "mtss-default" if run == student else run.name, *resume,
-             *train_opts(p, steps, args.device), log=log)
+             *student_init, *train_opts(p, steps, args.device), log=log)
 
     if not done(student):
         step("student", lambda: distil(student, KD_TERMS, p["student_steps"]))
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 step(f"ablation_{term}", lambda run=run, term=term: distil(
                     run, tuple(t for t in KD_TERMS if t != term), p["ablation_steps"]))
     reports = w / "reports"
-    models = [student, joint] + [teachers[pop] for pop in POPULATIONS] + ablations
+    models = list(dict.fromkeys([student, joint] + [teachers[pop] for pop in POPULATIONS] + ablations))
     model_args = [a for m in models for a in ("--model", m)]
     step("evaluate", lambda: mtss("evaluate", test, *model_args, "--ensemble", *teacher_args, "-o", reports / "all",
                                   "--device", args.device, log=log))
