@@ -140,7 +140,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -170,8 +171,8 @@ def save_bundle(network: SegNetwork, meta: dict[str, Any], out_dir: str | Path) 
     meta["weights_sha256"] = hashlib.sha256(blob).hexdigest()
     meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     _validate_meta(meta, out)
-    _atomic_write_bytes(out / WEIGHTS, blob)
-    _atomic_write_bytes(out / META, (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(out / WEIGHTS, blob)
+    atomic_write_bytes(out / META, (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode())
     log.info("Wrote bundle %s (%d tensors)", out, len(state))
     return out
 

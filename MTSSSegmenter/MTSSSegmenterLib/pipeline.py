@@ -13,8 +13,10 @@ import SimpleITK as sitk
 import torch
 
 from .bundle import Bundle, find_bundle, load_bundle
-from .constants import LABELS, MODALITY_CODES, REGIONS
+from .clinical import brain_on_grid, isotropic_grid, prepare_study, restore_on_grid
+from .constants import LABELS, MODALITY_CODES, REGIONS, modality, reference_modality
 from .errors import Cancelled, InputError
+from .geometry import Grid
 from .inference import Progress, predict, resolve_device
 from .io import find_case_files, read_image
 from .preprocess import PreparedCase, prepare_case, restore, validate_inputs
@@ -37,6 +39,7 @@ class SegmentationResult:
     inputs: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    brain_mask: sitk.Image | None = None  # uint8, on the label's grid, when asked for (brain_mask_out=True)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -97,7 +100,9 @@ def run_network(bundle: Bundle, case: PreparedCase, device: torch.device,
 
 
 def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = None, device: str = "auto",
-            progress: Progress | None = None, reference: str | None = None, **options: Any) -> SegmentationResult:
+            progress: Progress | None = None, reference: str | None = None, register: bool | None = None,
+            n4: bool = False, brain_mask_out: bool = False, output_spacing: float | None = None,
+            **options: Any) -> SegmentationResult:
     """Segment a case given as ``{modality: image}`` (any non-empty subset of t1n, t1c, t2w, t2f).
 
     Args:
@@ -106,6 +111,11 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: ``progress(stage, fraction)``; raise :class:`Cancelled` inside it to stop.
         reference: modality whose grid the result lies on (default t1c > t1n > t2w > t2f).
+        register: rigidly register the series to the reference (None: when their grids differ).
+        n4: N4 bias-field correction of every series first.
+        brain_mask_out: also return the brain mask the network saw (``result.brain_mask``).
+        output_spacing: write the label map on an isotropic grid of this spacing (mm) aligned with the
+            reference (same direction and corner) instead of on the reference grid.
 
     Raises:
         InputError, BundleError: with a message that names the problem and the fix.
@@ -126,7 +136,14 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
     timings["load_model"] = time.perf_counter() - t0
     _notify(progress, "preparing", 0.0)
     t = time.perf_counter()
-    case = prepare_case(images, bundle_preprocessing(bundle), reference=reference, device=dev)
+    ref = reference_modality(list(images)) if reference is None else modality(reference).code
+    if ref not in images:
+        raise InputError(f"Reference modality '{ref}' was asked for but not given (given: {', '.join(images)}).")
+    images, transforms, brain, study = prepare_study(images, ref, register=register, n4=n4)
+    _notify(progress, "preparing", 0.7)
+    case = prepare_case(images, bundle_preprocessing(bundle), reference=ref, device=dev, transforms=transforms,
+                        brain_mask=brain)
+    timings.update({f"prepare_{k}": v for k, v in study.timings_s.items()})
     timings["prepare"] = time.perf_counter() - t
     _notify(progress, "segmenting", 0.0)
     t = time.perf_counter()
@@ -137,15 +154,21 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
     _notify(progress, "finishing", 0.0)
     t = time.perf_counter()
     threshold = float(bundle.meta["inference"].get("threshold", 0.5))
-    label = restore(probs, case, threshold)
+    grid = Grid.of(images[case.reference]) if output_spacing is None else isotropic_grid(images[case.reference],
+                                                                                           output_spacing)
+    label = restore(probs, case, threshold) if output_spacing is None else restore_on_grid(probs, case, grid,
+                                                                                           threshold)
+    mask = brain_on_grid(case, grid) if brain_mask_out else None
     timings["restore"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     _notify(progress, "finishing", 1.0)
     missing = [m for m in MODALITY_CODES if m not in case.present]
     details = {"working_spacing_mm": list(case.working_spacing_zyx[::-1]), "missing_modalities": missing,
-               "canonical_mapping": "exact" if case.frame.exact else "resampled (oblique input)"}
+               "canonical_mapping": "exact" if case.frame.exact else "resampled (oblique input)",
+               "output_grid": "reference" if output_spacing is None else f"isotropic {output_spacing:g} mm",
+               **study.summary()}
     return SegmentationResult(label, case.reference, label_volumes_ml(label), timings, str(ran_on), bundle.name,
-                              case.present, case.warnings + warnings, details)
+                              case.present, study.warnings + case.warnings + warnings, details, mask)
 
 
 def read_inputs(files: dict[str, str | Path]) -> dict[str, sitk.Image]:

@@ -114,7 +114,8 @@ def normalize(arr: torch.Tensor, brain: torch.Tensor, clip: tuple[float, float] 
 
 def prepare_case(images: dict[str, sitk.Image], preprocessing: dict[str, Any], seg: sitk.Image | None = None,
                  reference: str | None = None, device: str | torch.device = "cpu",
-                 transforms: dict[str, sitk.Transform] | None = None) -> PreparedCase:
+                 transforms: dict[str, sitk.Transform] | None = None,
+                 brain_mask: sitk.Image | None = None) -> PreparedCase:
     """Build the network input from any non-empty subset of the four modalities.
 
     Args:
@@ -123,6 +124,9 @@ def prepare_case(images: dict[str, sitk.Image], preprocessing: dict[str, Any], s
         preprocessing: the bundle's ``preprocessing`` dict (``spacing_mm``, ``crop_margin_mm``, ``clip_percentiles``).
         seg: optional label map on the reference grid (training).
         reference: modality whose grid is the reference (default t1c > t1n > t2w > t2f).
+        transforms: ``reference -> series`` rigid transforms from registration (see ``registration.py``).
+        brain_mask: brain mask on the reference grid (skull-on images, see ``skull.py``); default: the union
+            of the inputs' foregrounds, which is the brain of skull-stripped images.
     """
     images = validate_inputs(images)
     ref = reference_modality(images) if reference is None else modality(reference).code
@@ -144,8 +148,11 @@ def prepare_case(images: dict[str, sitk.Image], preprocessing: dict[str, Any], s
         canon = canon_ref if code == ref else onto_canonical(img, frame)
         arrays[code] = _array(canon, code)
     brain = np.zeros(arrays[ref].shape, dtype=bool)
-    for arr in arrays.values():
-        brain |= foreground_mask(arr)
+    if brain_mask is not None:
+        brain = sitk.GetArrayFromImage(onto_canonical(brain_mask, frame, sitk.sitkNearestNeighbor)) > 0
+    else:
+        for arr in arrays.values():
+            brain |= foreground_mask(arr)
     if not brain.any():
         raise InputError("The brain is empty: every input volume is zero everywhere. Check the inputs.")
     canon_spacing_zyx = np.asarray(frame.canonical.spacing[::-1], dtype=np.float64)

@@ -58,7 +58,7 @@ class SkullEvidence:
 # heads, at 1-6 mm slices (see Testing/segmenter/test_skull.py and the report of issue 8).
 MAX_BRAIN_ML = 2600.0
 MAX_DARK_SHELL = 0.03
-MAX_VALLEY = 0.10  # to be calibrated
+MAX_VALLEY = 0.05
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
@@ -120,17 +120,18 @@ def head_foreground(arr: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, f
     return _fill(fg), background
 
 
-def extract_brain(arr: np.ndarray, spacing: np.ndarray, head: np.ndarray | None = None, erosion_mm: float = 5.0,
-                  core_depth_mm: float = 15.0, tissue_fraction: float = 0.45, closing_mm: float = 6.0) -> np.ndarray:
-    """Brain mask of a (z, y, x) array at ``spacing`` (mm, zyx), skull on or off.
+def extract_brain(arr: np.ndarray, spacing: np.ndarray, head: np.ndarray | None = None, erosion_mm: float = 8.0,
+                  core_depth_mm: float = 25.0, growth_mm: float = 2.0, tissue_fraction: float = 0.55,
+                  closing_mm: float = 6.0) -> np.ndarray:
+    """Brain mask of a skull-on head, a (z, y, x) array at ``spacing`` (mm, zyx).
 
     1. Tissue: brighter than ``tissue_fraction`` of the median deep (> 25 mm) inside the head; bone and
        CSF fall below it.
-    2. Core: tissue eroded by ``erosion_mm`` and deeper than ``core_depth_mm`` below the head's surface
-       (scalp and skull are thinner than that), its largest component by depth-weighted size.
-    3. Growth: geodesic dilation of the core inside the tissue by ``core_depth_mm``: on a stripped image
-       it gives back the whole brain; on a head it reaches the brain's surface and stops at the dark bone,
-       leaking at most a few millimetres where the bone is invisible.
+    2. Core: tissue eroded by ``erosion_mm`` (cuts thin bridges to the scalp) and deeper than
+       ``core_depth_mm`` below the head's surface (scalp and skull are thinner than that); its component of
+       largest depth-weighted size.
+    3. Growth: geodesic dilation of the core inside the tissue by ``growth_mm``: it reaches the brain's
+       surface and stops at the dark bone, leaking a few millimetres at most where the bone is invisible.
     4. Closing and hole filling put back sulci, ventricles and dark lesions.
 
     Args:
@@ -154,7 +155,7 @@ def extract_brain(arr: np.ndarray, spacing: np.ndarray, head: np.ndarray | None 
         weights = np.bincount(lab.ravel(), weights=depth.ravel())
         weights[0] = 0
         core = lab == int(np.argmax(weights))
-    brain = _reconstruct(core, tissue, core_depth_mm + erosion_mm, spacing)
+    brain = _reconstruct(core, tissue, erosion_mm + growth_mm, spacing)
     closed = _erode(_dilate(brain, closing_mm, spacing), closing_mm, spacing)
     return _fill(closed | brain) & head
 
@@ -191,13 +192,14 @@ def _profile(arr: np.ndarray, depth: np.ndarray, head: np.ndarray) -> tuple[floa
     return ref, dark_shell, float(valley)
 
 
-def skull_evidence(image: sitk.Image) -> SkullEvidence:
+def skull_evidence(image: sitk.Image,
+                   working: tuple[sitk.Image, np.ndarray, np.ndarray] | None = None) -> SkullEvidence:
     """Measure whether ``image`` is skull-stripped.
 
     A skull-stripped image holds a brain: under 2.6 L, with no bone-dark layer under its surface and no
     darker layer between a bright outer layer and the deep tissue. A head holds all three.
     """
-    _, arr, spacing = _working(image)
+    _, arr, spacing = working or _working(image)
     head, _ = head_foreground(arr, spacing)
     # depth below the head's skin; a surface cut by the field of view is not skin, so the border is not outside
     depth = ndimage.distance_transform_edt(head, sampling=spacing)
@@ -212,19 +214,14 @@ def is_skull_stripped(image: sitk.Image) -> bool:
     return skull_evidence(image).stripped
 
 
-def _to_grid(mask: np.ndarray, working: sitk.Image, grid: sitk.Image) -> sitk.Image:
-    m = sitk.GetImageFromArray(mask.astype(np.float32))
-    m.CopyInformation(working)
-    out = sitk.Resample(m, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32) >= 0.5
-    return sitk.Cast(out, sitk.sitkUInt8)
-
-
 def brain_mask(images: dict[str, sitk.Image] | sitk.Image, reference: str | None = None,
-               transforms: dict[str, sitk.Transform] | None = None) -> sitk.Image:
-    """A binary brain mask (uint8) on the reference image's grid.
+               transforms: dict[str, sitk.Transform] | None = None) -> tuple[sitk.Image, SkullEvidence]:
+    """A binary brain mask (uint8) on the reference image's grid, and the skull evidence it was based on.
 
-    Extracted from the series with the best contrast for it (t1n, t1c, t2f, t2w in that order), brought
-    onto the reference grid through ``transforms[code]`` (reference -> series) when given.
+    The series with the best contrast for it (t1n, t1c, t2f, t2w in that order) decides whether the skull
+    is on; when it is, the brain is extracted from it (:func:`extract_brain`), else the brain is its
+    foreground. The mask is brought onto the reference grid through ``transforms[code]`` (reference ->
+    series points, as registration returns) when given.
 
     Args:
         images: ``{modality: image}`` or a single image (then it is the reference).
@@ -232,21 +229,22 @@ def brain_mask(images: dict[str, sitk.Image] | sitk.Image, reference: str | None
         transforms: registration transforms of the non-reference series.
     """
     if isinstance(images, sitk.Image):
-        images = {"image": images}
-        ref = "image"
-        source = "image"
+        images, ref, source = {"image": images}, "image", "image"
     else:
         images = {modality(k).code: v for k, v in images.items()}
         ref = reference_modality(list(images)) if reference is None else modality(reference).code
         source = next(c for c in EXTRACTION_ORDER if c in images)
     working, arr, spacing = _working(images[source])
-    mask = extract_brain(arr, spacing)
-    log.info("brain extracted from %s: %.0f mL", source, float(mask.sum()) * float(np.prod(spacing)) / 1000.0)
+    evidence = skull_evidence(images[source], working=(working, arr, spacing))
+    head, _ = head_foreground(arr, spacing)
+    mask = head if evidence.stripped else extract_brain(arr, spacing, head)
+    log.info("brain from %s (%s): %.0f mL", source, "skull-stripped" if evidence.stripped else "skull on",
+             float(mask.sum()) * float(np.prod(spacing)) / 1000.0)
     m = sitk.GetImageFromArray(mask.astype(np.float32))
     m.CopyInformation(working)
     tf = (transforms or {}).get(source, sitk.Transform()) if source != ref else sitk.Transform()
     out = sitk.Resample(m, images[ref], tf, sitk.sitkLinear, 0.0, sitk.sitkFloat32) >= 0.5
-    return sitk.Cast(out, sitk.sitkUInt8)
+    return sitk.Cast(out, sitk.sitkUInt8), evidence
 
 
 __all__ = ["SkullEvidence", "skull_evidence", "is_skull_stripped", "brain_mask", "extract_brain", "head_foreground"]

@@ -31,7 +31,6 @@ import logging
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import BundleError, Cancelled, InputError, MTSSError, OutputError
+from .process_tree import kill_tree, new_session_kwargs, process_exists
 
 PREFIX = "@@MTSS "
 EXIT_DEPENDENCY = 3
@@ -247,11 +247,7 @@ class WorkerClient:
         package_root = str(Path(__file__).resolve().parent.parent)  # the folder holding MTSSSegmenterLib
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONIOENCODING", "utf-8")
-        kwargs: dict[str, Any] = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:
-            kwargs["start_new_session"] = True
+        kwargs: dict[str, Any] = new_session_kwargs()
         self._events = queue.Queue()
         self.process = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
@@ -293,17 +289,7 @@ class WorkerClient:
         proc = self.process
         if proc is None or proc.poll() is not None:
             return
-        try:
-            if os.name == "nt":
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
-            else:
-                os.killpg(proc.pid, signal.SIGKILL)  # the session leader's pid is the group id
-        except (ProcessLookupError, PermissionError, OSError):
-            proc.kill()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not time out
-            pass
+        kill_tree(proc)
 
     def close(self, timeout: float = 3.0) -> None:
         """Ask the process to quit; kill it if it does not within ``timeout`` seconds."""
@@ -465,18 +451,7 @@ class SegmentationJob:
         return self.result()
 
 
-def _process_exists(pid: int) -> bool:
-    """Whether a process with this id still runs (used by tests of :meth:`WorkerClient.kill`)."""
-    if os.name == "nt":
-        out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}"], capture_output=True, text=True).stdout
-        return str(pid) in out
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_process_exists = process_exists  # kept for the tests of WorkerClient.kill
 
 
 __all__ = ["PREFIX", "WorkerClient", "SegmentationJob", "STAGES", "EventWriter", "parse_line", "split_options",

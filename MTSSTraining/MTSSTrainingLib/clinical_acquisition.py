@@ -70,19 +70,26 @@ def synthetic_head(brain: sitk.Image, rng: np.random.Generator, pad_mm: float = 
     labels[(d > edges[1]) & (d <= edges[2])] = 4
     labels[(d > edges[2]) & (d <= edges[3])] = 5
     labels[m] = 0
-    # Neck: soft tissue below the lower third of the brain, inside the head's outline seen from above.
+    # Neck: a soft-tissue cylinder (radius 40-55 mm) under the posterior half of the brain, from the lower
+    # third of the brain down to the edge of the grid, outside the skull.
     direction = np.asarray(mask.GetDirection()).reshape(3, 3)
     zi = int(np.argmax(np.abs(direction[2])))  # voxel axis (xyz) closest to the patient's S axis
-    axis = 2 - zi  # as an array axis (zyx)
+    yi = int(np.argmax(np.abs(direction[1])))  # ... and to the P axis
+    xi = 3 - zi - yi
+    axes = [2 - xi, 2 - yi, 2 - zi]  # array axes (zyx order) of x, y, z
+    idx = np.nonzero(m)
+    lo = [float(idx[a].min()) for a in axes]
+    hi = [float(idx[a].max()) for a in axes]
+    grids = np.meshgrid(*[np.arange(n) for n in m.shape], indexing="ij")
+    coord = [grids[a].astype(np.float32) * float(sp[a]) for a in axes]  # mm along x, y, z (array order signs)
     up = np.sign(direction[2, zi])
-    head = labels > 0
-    coords = np.nonzero(m)[axis]
-    lo, hi = coords.min(), coords.max()
-    cut = lo + 0.3 * (hi - lo) if up > 0 else hi - 0.3 * (hi - lo)
-    footprint = ndimage.binary_erosion(head.any(axis=axis), iterations=max(1, int(15 / sp.mean())))
-    idx = np.arange(m.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
-    below = (idx < cut) if up > 0 else (idx > cut)
-    neck = below & np.expand_dims(footprint, axis) & (labels == 0) & ~m
+    back = np.sign(direction[1, yi])
+    cx = (lo[0] + hi[0]) / 2 * sp[axes[0]]
+    cy = (lo[1] + (0.6 if back > 0 else 0.4) * (hi[1] - lo[1])) * sp[axes[1]]
+    cut = (lo[2] + 0.3 * (hi[2] - lo[2])) * sp[axes[2]] if up > 0 else (hi[2] - 0.3 * (hi[2] - lo[2])) * sp[axes[2]]
+    below = coord[2] < cut if up > 0 else coord[2] > cut
+    radius = rng.uniform(40, 55)
+    neck = below & ((coord[0] - cx) ** 2 + (coord[1] - cy) ** 2 < radius ** 2) & (labels == 0) & ~m
     labels[neck] = 5
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(mask)
@@ -142,10 +149,10 @@ def series_grid(points: np.ndarray, direction: np.ndarray, spacing: np.ndarray, 
 
 
 def _bias(image: sitk.Image, rng: np.random.Generator, strength: float) -> sitk.Image:
-    """Multiply by exp(strength * smooth field), the field varying over ~10 cm."""
+    """Multiply by exp(strength * smooth field), the field varying over ~15 cm (coil sensitivity)."""
     arr = sitk.GetArrayFromImage(image)
     sp = np.asarray(image.GetSpacing())[::-1]
-    coarse = tuple(max(int(np.ceil(n * s / 40.0)), 2) for n, s in zip(arr.shape, sp))
+    coarse = tuple(max(int(np.ceil(n * s / 80.0)), 2) for n, s in zip(arr.shape, sp))
     field = ndimage.zoom(rng.standard_normal(coarse), np.asarray(arr.shape) / np.asarray(coarse), order=3,
                          mode="nearest")[: arr.shape[0], : arr.shape[1], : arr.shape[2]]
     field = ndimage.gaussian_filter(field, 2.0)

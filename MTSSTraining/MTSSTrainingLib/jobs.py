@@ -26,7 +26,7 @@ from typing import Any
 
 from MTSSSegmenterLib.errors import Cancelled, MTSSError
 
-from .process_tree import kill_tree
+from MTSSSegmenterLib.process_tree import kill_tree, new_session_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +171,7 @@ class TrainingJob:
         env.update(self.extra_env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("PYTHONIOENCODING", "utf-8")
-        kwargs: dict[str, Any] = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:
-            kwargs["start_new_session"] = True
+        kwargs: dict[str, Any] = new_session_kwargs()
         log.info("Starting %s: %s", self.description, " ".join(self.argv))
         try:
             self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -18,7 +18,7 @@ from MTSSSegmenterLib.bundle import list_bundles, read_meta
 from MTSSSegmenterLib.errors import Cancelled, InputError
 from MTSSSegmenterLib.io import find_case_files
 from MTSSTrainingLib.logic import MTSSTrainingLogic
-from MTSSTrainingLib.process_tree import descendants, process_exists
+from MTSSSegmenterLib.process_tree import descendants, process_exists
 
 TINY = {"epochs": 1, "stepsPerEpoch": 2, "device": "cpu", "spacing": 4.0, "patch": 32, "batch": 1, "workers": 0}
 

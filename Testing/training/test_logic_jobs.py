@@ -17,7 +17,7 @@ import pytest
 from MTSSSegmenterLib.errors import Cancelled, InputError, MTSSError
 from MTSSTrainingLib.arguments import build_argv, camel, kebab, mtss_command
 from MTSSTrainingLib.jobs import PROGRESS_PREFIX, TrainingJob, parse_progress
-from MTSSTrainingLib.process_tree import descendants, process_exists
+from MTSSSegmenterLib.process_tree import descendants, process_exists
 
 
 def distill_like_parser() -> argparse.ArgumentParser:

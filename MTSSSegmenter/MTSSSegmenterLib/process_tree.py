@@ -121,4 +121,11 @@ def process_exists(pid: int) -> bool:
     return True
 
 
-__all__ = ["kill_tree", "descendants", "process_exists"]
+def new_session_kwargs() -> dict[str, object]:
+    """``Popen`` arguments that start a child in a session (process group) of its own, so it can be ended as a tree."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)}
+    return {"start_new_session": True}
+
+
+__all__ = ["kill_tree", "descendants", "process_exists", "new_session_kwargs"]
