@@ -58,6 +58,12 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="bundle folder or installed bundle name (default: the default bundle)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--reference", help="modality whose grid the result lies on (default t1c>t1n>t2w>t2f)")
+    p.add_argument("--no-register", action="store_true",
+                   help="do not register the series to the reference (default: registered when their grids differ)")
+    p.add_argument("--n4", action="store_true", help="N4 bias-field correction of every series first")
+    p.add_argument("--brain-mask", metavar="OUT", help="also write the brain mask the model saw (uint8, label grid)")
+    p.add_argument("--output-spacing", type=float, metavar="MM",
+                   help="write the label map on an isotropic MM grid aligned with the reference")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_segment)
 
@@ -86,8 +92,25 @@ def _print_result(result: Any, output: Path, as_json: bool) -> None:
     print(f"Model: {result.model_name} on {result.device}; inputs: {', '.join(result.inputs)}")
     print("Volumes (mL): " + "  ".join(f"{k} {v:.1f}" for k, v in result.volumes_ml.items()))
     print("Time (s):     " + "  ".join(f"{k} {v:.2f}" for k, v in result.timings_s.items()))
+    _print_study(result.details)
     for w in result.warnings:
         print(f"warning: {w}")
+
+
+def _print_study(details: dict[str, Any]) -> None:
+    """Registration, skull and resolution lines of the text summary."""
+    reg = details.get("registration")
+    if isinstance(reg, dict):
+        for code, r in reg.items():
+            state = "ok" if r.get("ok") else "LIKELY FAILED"
+            print(f"Registration: {code} rotation {r['rotation_deg']:.1f} deg, translation "
+                  f"{'/'.join(f'{v:.1f}' for v in r['translation_mm'])} mm, metric {r['metric']:.3f} ({state})")
+    elif reg is not None:
+        print(f"Registration: {reg}")
+    if details.get("skull_detected") is not None:
+        print("Skull: " + ("detected, brain extracted" if details["skull_detected"] else "stripped (brain only)"))
+    if "working_spacing_mm" in details:
+        print("Working resolution (mm): " + " x ".join(f"{v:g}" for v in details["working_spacing_mm"]))
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -107,11 +130,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bar = ProgressBar(enabled=False if args.json else None)
     images = read_inputs(files)
+    if args.brain_mask:
+        _check_writable(Path(args.brain_mask).parent)
     try:
-        result = segment(images, model=args.model, device=args.device, progress=bar, reference=args.reference)
+        result = segment(images, model=args.model, device=args.device, progress=bar, reference=args.reference,
+                         register=False if args.no_register else None, n4=args.n4,
+                         brain_mask_out=bool(args.brain_mask), output_spacing=args.output_spacing)
     finally:
         bar.close()
     write_image(result.label, output)
+    if args.brain_mask and result.brain_mask is not None:
+        write_image(result.brain_mask, args.brain_mask)
     result.timings_s["files_in_to_file_out"] = time.perf_counter() - t0
     _print_result(result, output, args.json)
     return 0

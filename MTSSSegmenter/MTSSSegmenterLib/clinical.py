@@ -20,8 +20,8 @@ import SimpleITK as sitk
 import torch
 
 from .constants import modality
-from .geometry import Grid
-from .preprocess import PreparedCase, regions_to_labels
+from .geometry import Grid, check_overlap
+from .preprocess import PreparedCase, _array, regions_to_labels
 from .registration import Registration, RegistrationConfig, head_mask, register_series, working_image
 from .skull import SkullEvidence, brain_mask
 
@@ -113,6 +113,9 @@ def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool 
         transforms, a brain mask on the reference grid when the skull is on (else None: the foreground of
         skull-stripped images is their brain), and the report.
     """
+    for code, img in images.items():
+        _array(img, code)  # NaN, infinite or constant volumes get their message before any processing
+    check_overlap(images, reference)  # before registering: series of another study get a clear message
     timings: dict[str, float] = {}
     report = StudyReport(registered=False, n4=n4, timings_s=timings,
                          spacing_mm={c: list(img.GetSpacing()) for c, img in images.items()})

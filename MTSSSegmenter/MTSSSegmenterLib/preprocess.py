@@ -142,6 +142,7 @@ def prepare_case(images: dict[str, sitk.Image], preprocessing: dict[str, Any], s
         if code != ref:
             if transforms and code in transforms:
                 img = resample_onto(img, ref_img, transform=transforms[code])
+                warnings.append(f"'{code}' was resampled onto the grid of '{ref}' through its registration.")
             elif not Grid.of(img).same_as(ref_grid):
                 img = resample_onto(img, ref_img)
                 warnings.append(f"'{code}' was resampled onto the grid of '{ref}'.")

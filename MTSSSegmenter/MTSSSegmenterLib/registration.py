@@ -180,8 +180,9 @@ def rotation_angle_deg(transform: sitk.Euler3DTransform) -> float:
 
 
 def _quantise(values: np.ndarray, bins: int) -> np.ndarray:
+    values = np.nan_to_num(values.astype(np.float64, copy=False))
     lo, hi = np.percentile(values, [0.5, 99.5])
-    if hi <= lo:
+    if not hi - lo > 1e-9 * max(abs(hi), abs(lo), 1e-30):
         return np.zeros(values.shape, dtype=np.int64)
     return np.clip(((values - lo) / (hi - lo) * bins).astype(np.int64), 0, bins - 1)
 
@@ -307,7 +308,11 @@ def register(fixed: sitk.Image, moving: sitk.Image, name: str = "moving",
     best: Registration | None = None
     search = sitk.BinaryDilate(fmask, [3, 3, 3])
     for how, initial in candidates:
-        tf, metric = _run(f, m, initial, search, config)
+        try:
+            tf, metric = _run(f, m, initial, search, config)
+        except RuntimeError as exc:  # e.g. ITK: "All samples map outside moving image buffer"
+            log.info("registration of %s from %s failed: %s", name, how, str(exc).strip().splitlines()[-1][:200])
+            continue
         nmi, sharp, info = assess(f, m, tf, fmask, config.bins)
         reg = Registration(name, tf, metric, rotation_angle_deg(tf), tuple(float(v) for v in tf.TransformPoint(
             c_fixed.tolist()) - c_fixed), nmi, sharp, sharp >= config.min_sharpness, initialisation=how,
@@ -317,12 +322,15 @@ def register(fixed: sitk.Image, moving: sitk.Image, name: str = "moving",
             best = reg
         if best.ok:
             break
-    assert best is not None
-    best.seconds = time.perf_counter() - t0
-    if not best.ok:
+    if best is None:
+        best = Registration(name, scanner, 0.0, 0.0, (0.0, 0.0, 0.0), 1.0, 0.0, False, initialisation="none")
+        best.warning = (f"Registration of '{name}' to the reference failed (the images hardly overlap); the "
+                        "scanner's alignment is used. Check that the series belong to the same study.")
+    elif not best.ok:
         best.warning = (f"Registration of '{name}' to the reference likely failed (match sharpness {best.sharpness:.2f}"
                         f" < {config.min_sharpness:.2f}): is it a series of the same patient and session? Check "
                         "the overlay, or give only the series of one study.")
+    best.seconds = time.perf_counter() - t0
     return best
 
 
