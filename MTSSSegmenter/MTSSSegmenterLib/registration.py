@@ -10,11 +10,17 @@ The returned transform maps points of the reference to points of the series (``f
 :class:`SimpleITK.ImageRegistrationMethod` returns), which is what :func:`SimpleITK.Resample` needs to bring
 the series onto the reference grid.
 
-Quality: mutual information values depend on the sequences compared, so the verdict uses how sharply the
-normalised mutual information (Studholme et al., Pattern Recognition 1999) peaks at the solution:
-registered images of the same head lose much of their shared information when shifted by a few
-millimetres; images of two different heads share only their rough outline, which a small shift hardly
-changes. The threshold was calibrated on same-patient and different-patient pairs (see the tests).
+Before registering, each image is brought to an isotropic 2 mm grid and divided by its smooth local mean
+inside the head (homomorphic flattening), so that bias fields, which differ from series to series, do not
+pull the mutual information off the anatomy.
+
+Quality: a mutual information value depends on the sequences compared, so it cannot say by itself whether
+the match is right. The verdict uses how sharply the images' edges align at the solution: the correlation
+of their gradient magnitudes drops when one is moved 4 mm or 4 degrees off a correct solution, because the
+edges of one head (ventricles, sulci, lesion, skull) coincide only there; images of two different heads
+share only their rough outline, so the drop is small. The threshold was calibrated on same-patient and
+different-patient pairs (see :class:`RegistrationConfig`); the normalised mutual information (Studholme et
+al., Pattern Recognition 1999) at the solution is reported alongside.
 """
 
 from __future__ import annotations
@@ -47,7 +53,10 @@ class RegistrationConfig:
         seed: sampling seed (fixed for reproducible results).
         learning_rate, min_step: first and smallest step (mm, through physical-shift scales) of the optimizer.
         flatten_mm: width of the smooth intensity trend divided out before registering (0: none).
-        min_sharpness: below this peak sharpness the registration is reported as likely failed.
+        min_sharpness: below this edge-alignment sharpness (see :func:`assess`) the registration is reported
+            as likely failed. Calibrated on thick oblique clinical-like series with bias fields: registered
+            series of one head scored 0.089-0.37, other heads (MNI152, Colin27, with and without skull)
+            scored -0.001-0.041.
     """
 
     working_spacing_mm: float = 2.0
@@ -60,7 +69,7 @@ class RegistrationConfig:
     learning_rate: float = 2.0
     min_step: float = 1e-3
     flatten_mm: float = 20.0
-    min_sharpness: float = 0.25
+    min_sharpness: float = 0.06
 
     def __post_init__(self) -> None:
         if len(self.shrink_factors) != len(self.smoothing_mm) or not self.shrink_factors:
@@ -83,7 +92,8 @@ class Registration:
         rotation_deg: rotation angle of the transform.
         translation_mm: displacement (x, y, z, LPS) of the reference's head centre.
         nmi: normalised mutual information inside the reference's head at the solution (1 = independent).
-        sharpness: fraction of the mutual information lost by moving 4 mm / 4 degrees off the solution.
+        sharpness: edge-alignment sharpness: how much the gradient-magnitude correlation drops 4 mm / 4 degrees
+            off the solution (see :func:`assess`).
         ok: False when the registration likely failed (e.g. a series of another patient).
         warning: a sentence for the user when ``ok`` is False.
     """
@@ -219,43 +229,52 @@ def _perturbations(shift_mm: float, angle_deg: float) -> list[tuple[np.ndarray, 
 
 def assess(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTransform, mask: sitk.Image,
            bins: int = 32, shift_mm: float = 4.0, angle_deg: float = 4.0,
-           scales: tuple[float, ...] = (1.0,)) -> tuple[float, float, dict[str, float]]:
-    """NMI at ``transform`` and the peak sharpness: mean fraction of NMI - 1 lost when moved off the solution.
+           edge_sigma_mm: float = 2.0) -> tuple[float, float, dict[str, float]]:
+    """How well ``moving`` matches ``fixed`` at ``transform``, and how sharply.
+
+    Returns:
+        ``(nmi, sharpness, info)``: the normalised mutual information inside ``mask`` at the solution, and
+        the edge-alignment sharpness: the correlation of the two images' gradient magnitudes (Gaussian of
+        ``edge_sigma_mm``) inside ``mask``, minus its mean over the 12 moves of ``shift_mm`` / ``angle_deg``
+        along and about each axis. Edges of one head coincide at the solution and fall apart a few
+        millimetres off it; edges of two different heads coincide only roughly, so the drop is small.
+        ``info`` holds the overlap (fraction of ``mask`` inside the moving field of view) and the
+        correlation at the solution.
 
     Args:
-        fixed, moving: working images (float32).
+        fixed, moving: working images (float32, flattened).
         mask: where to compare (the reference's head), on ``fixed``'s grid.
     """
     inside = sitk.GetArrayViewFromImage(mask) > 0
-    f = sitk.GetArrayViewFromImage(fixed)[inside]
     ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(moving)
     fov = sitk.Resample(ones, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     valid = sitk.GetArrayViewFromImage(fov)[inside] > 0
+    info: dict[str, float] = {"overlap": float(valid.mean()) if valid.size else 0.0}
     if valid.sum() < 1000:
-        return 1.0, 0.0, {"overlap": float(valid.mean()) if valid.size else 0.0}
+        return 1.0, 0.0, info
+    f = sitk.GetArrayViewFromImage(fixed)[inside][valid]
+    m = sitk.GetArrayViewFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    nmi = normalised_mutual_information(f, m[inside][valid], bins)
+    f_edges = sitk.GetArrayViewFromImage(sitk.GradientMagnitudeRecursiveGaussian(fixed, edge_sigma_mm))[inside][valid]
+    m_edges = sitk.GradientMagnitudeRecursiveGaussian(moving, edge_sigma_mm)
 
-    def nmi_at(tf: sitk.Transform) -> float:
-        m = sitk.GetArrayViewFromImage(sitk.Resample(moving, fixed, tf, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-        return normalised_mutual_information(f[valid], m[inside][valid], bins)
+    def edge_correlation(tf: sitk.Transform) -> float:
+        e = sitk.GetArrayViewFromImage(sitk.Resample(m_edges, fixed, tf, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        e = e[inside][valid]
+        if f_edges.std() == 0 or e.std() == 0:
+            return 0.0
+        return float(np.corrcoef(f_edges, e)[0, 1])
 
-    base = nmi_at(transform)
+    base = edge_correlation(transform)
     params = np.asarray(transform.GetParameters())
-    info: dict[str, float] = {"overlap": float(valid.mean())}
-    result = 0.0
-    for scale in scales:
-        losses = []
-        for dr, dt in _perturbations(shift_mm * scale, angle_deg * scale):
-            tf = sitk.Euler3DTransform(transform)
-            tf.SetParameters(tuple((params + np.concatenate([dr, dt])).tolist()))
-            losses.append((base - nmi_at(tf)) / max(base - 1.0, 1e-6))
-        info[f"sharp_{scale:g}"] = float(np.mean(losses))
-        info[f"sharp_shift_{scale:g}"] = float(np.mean(losses[0::2]))
-        info[f"sharp_rot_{scale:g}"] = float(np.mean(losses[1::2]))
-        info[f"sharp_min_{scale:g}"] = float(np.min(losses))
-        if scale == 1.0:
-            result = float(np.mean(losses))
-    return base, result, info
+    moved = []
+    for dr, dt in _perturbations(shift_mm, angle_deg):
+        tf = sitk.Euler3DTransform(transform)
+        tf.SetParameters(tuple((params + np.concatenate([dr, dt])).tolist()))
+        moved.append(edge_correlation(tf))
+    info["edge_correlation"] = base
+    return nmi, base - float(np.mean(moved)), info
 
 
 def _run(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Euler3DTransform, mask: sitk.Image,
