@@ -4,7 +4,8 @@ Series of one scanner session share the scanner's coordinates, so they are close
 patient moves a little between series. Each series is registered rigidly (rotation + translation,
 :class:`SimpleITK.Euler3DTransform`) to the reference by maximising Mattes mutual information (Mattes et
 al., IEEE TMI 2003; Viola and Wells, IJCV 1997) in three resolution levels, starting from the scanner's
-alignment (identity) and, when that ends badly, from the aligned centres of mass.
+alignment (identity) and, when that ends badly and the two heads' centres of mass are more than 1 cm
+apart (series from another session), from the aligned centres of mass.
 
 The returned transform maps points of the reference to points of the series (``fixed -> moving``, what
 :class:`SimpleITK.ImageRegistrationMethod` returns), which is what :func:`SimpleITK.Resample` needs to bring
@@ -320,10 +321,12 @@ def register(fixed: sitk.Image, moving: sitk.Image, name: str = "moving",
     scanner = sitk.Euler3DTransform()
     scanner.SetCenter(c_fixed.tolist())
     candidates.append(("scanner", scanner))
-    moments = sitk.Euler3DTransform()
-    moments.SetCenter(c_fixed.tolist())
-    moments.SetTranslation((_center(mmask) - c_fixed).tolist())
-    candidates.append(("centres of mass", moments))
+    offset = _center(mmask) - c_fixed
+    if np.linalg.norm(offset) > 10.0:  # else the same start as the scanner's alignment
+        moments = sitk.Euler3DTransform()
+        moments.SetCenter(c_fixed.tolist())
+        moments.SetTranslation(offset.tolist())
+        candidates.append(("centres of mass", moments))
     best: Registration | None = None
     search = sitk.BinaryDilate(fmask, [3, 3, 3])
     for how, initial in candidates:

@@ -192,15 +192,16 @@ def _profile(arr: np.ndarray, depth: np.ndarray, head: np.ndarray) -> tuple[floa
     return ref, dark_shell, float(valley)
 
 
-def skull_evidence(image: sitk.Image,
-                   working: tuple[sitk.Image, np.ndarray, np.ndarray] | None = None) -> SkullEvidence:
+def skull_evidence(image: sitk.Image, working: tuple[sitk.Image, np.ndarray, np.ndarray] | None = None,
+                   head: np.ndarray | None = None) -> SkullEvidence:
     """Measure whether ``image`` is skull-stripped.
 
     A skull-stripped image holds a brain: under 2.6 L, with no bone-dark layer under its surface and no
     darker layer between a bright outer layer and the deep tissue. A head holds all three.
     """
     _, arr, spacing = working or _working(image)
-    head, _ = head_foreground(arr, spacing)
+    if head is None:
+        head, _ = head_foreground(arr, spacing)
     # depth below the head's skin; a surface cut by the field of view is not skin, so the border is not outside
     depth = ndimage.distance_transform_edt(head, sampling=spacing)
     _, dark_shell, valley = _profile(arr, depth, head)
@@ -235,8 +236,8 @@ def brain_mask(images: dict[str, sitk.Image] | sitk.Image, reference: str | None
         ref = reference_modality(list(images)) if reference is None else modality(reference).code
         source = next(c for c in EXTRACTION_ORDER if c in images)
     working, arr, spacing = _working(images[source])
-    evidence = skull_evidence(images[source], working=(working, arr, spacing))
     head, _ = head_foreground(arr, spacing)
+    evidence = skull_evidence(images[source], working=(working, arr, spacing), head=head)
     mask = head if evidence.stripped else extract_brain(arr, spacing, head)
     log.info("brain from %s (%s): %.0f mL", source, "skull-stripped" if evidence.stripped else "skull on",
              float(mask.sum()) * float(np.prod(spacing)) / 1000.0)

@@ -66,9 +66,8 @@ def point_error(found: sitk.Transform, truth: sitk.Transform, center: np.ndarray
 
 
 @pytest.fixture(scope="module")
-def patient() -> dict[str, sitk.Image]:
-    return {m: working_image(sitk.ReadImage(str(REAL_CASE / f"{REAL_CASE.name}-{m}.nii.gz"), sitk.sitkFloat32), 2.0)
-            for m in ("t1n", "t1c", "t2w", "t2f")}
+def patient(brats_2mm) -> dict[str, sitk.Image]:
+    return brats_2mm
 
 
 def brain_center(image: sitk.Image) -> np.ndarray:

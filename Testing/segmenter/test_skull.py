@@ -1,0 +1,110 @@
+"""Skull detection and brain extraction on skull-stripped and skull-on heads.
+
+Skull-on heads: the real BraTS brain with a synthetic scalp, skull and neck painted around it
+(``MTSSTrainingLib.clinical_acquisition``), on thick oblique slices with a noisy background; and, when
+Debian's ``mricron-data`` is installed, the real Colin27 head (``ch2.nii.gz``) with its brain mask
+(``ch2bet.nii.gz``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MTSSSegmenterLib.registration import working_image
+from MTSSSegmenterLib.skull import brain_mask, is_skull_stripped, skull_evidence
+from Testing.conftest import REAL_CASE, requires_real
+
+COLIN = Path("/usr/share/mricron/templates")
+requires_colin = pytest.mark.skipif(not (COLIN / "ch2.nii.gz").is_file() and not os.environ.get("CI"),
+                                    reason="Colin27 head not installed (apt-get install mricron-data)")
+
+
+def dice(a: sitk.Image, b: sitk.Image) -> float:
+    x = sitk.GetArrayViewFromImage(a) > 0
+    y = sitk.GetArrayViewFromImage(sitk.Resample(b, a, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
+    return float(2 * np.count_nonzero(x & y) / max(np.count_nonzero(x) + np.count_nonzero(y), 1))
+
+
+def volume_ml(mask: sitk.Image) -> float:
+    return float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * float(np.prod(mask.GetSpacing())) / 1000.0
+
+
+@pytest.fixture(scope="module")
+def brats(brats_2mm) -> dict[str, sitk.Image]:
+    return brats_2mm
+
+
+@pytest.fixture(scope="module")
+def clinical(brats):
+    """Two clinical-like draws of the BraTS case: skull-stripped and skull-on, series on thick oblique grids."""
+    from MTSSTrainingLib.clinical_acquisition import clinical_acquisition, synthetic_head, transform_from_params
+
+    rng = np.random.default_rng(7)
+    brain = sitk.Cast(brats["t1c"] > 50, sitk.sitkUInt8)
+    seg = sitk.Cast(brats["t2f"] > 1e9, sitk.sitkUInt8)
+    stripped, _, p0 = clinical_acquisition(brats, seg, rng, spacing_range=(4.0, 6.0))
+    head = synthetic_head(brain, rng)
+    skull_on, _, p1 = clinical_acquisition(brats, seg, rng, skull=head, spacing_range=(4.0, 6.0))
+    truth = {code: sitk.Resample(brain, skull_on[code], transform_from_params(p1["series"][code]).GetInverse(),
+                                 sitk.sitkNearestNeighbor) for code in skull_on}
+    return stripped, skull_on, truth
+
+
+@requires_real
+def test_skull_stripped_images_are_recognised(brats, clinical):
+    stripped, _, _ = clinical
+    for code in ("t1n", "t1c", "t2w", "t2f"):
+        assert is_skull_stripped(brats[code]), code
+        ev = skull_evidence(stripped[code])
+        assert ev.stripped, (code, ev)
+
+
+@requires_real
+def test_skull_on_images_are_recognised_even_on_part_of_the_head(clinical):
+    _, skull_on, _ = clinical
+    for code, img in skull_on.items():
+        ev = skull_evidence(img)
+        assert not ev.stripped, (code, ev)
+        n = img.GetSize()[2]
+        part = img[:, :, n // 4: n // 4 + n // 2]  # half of the slices: too small a volume to tell by size
+        ev = skull_evidence(part)
+        assert not ev.stripped, (code, "partial", ev)
+
+
+@requires_real
+def test_brain_extraction_of_skull_on_thick_oblique_series(clinical):
+    _, skull_on, truth = clinical
+    mask, evidence = brain_mask(skull_on)  # extracted from t1n, put on the t1c (reference) grid
+    assert not evidence.stripped
+    assert mask.GetSize() == skull_on["t1c"].GetSize() and mask.GetSpacing() == skull_on["t1c"].GetSpacing()
+    # the t1n mask is mapped onto t1c's grid through the identity here, so score it on t1n's own grid
+    own, _ = brain_mask({"t1n": skull_on["t1n"]})
+    assert dice(own, truth["t1n"]) > 0.9
+    assert 0.85 < volume_ml(own) / volume_ml(truth["t1n"]) < 1.15
+    t2, _ = brain_mask({"t2f": skull_on["t2f"]})
+    assert dice(t2, truth["t2f"]) > 0.88
+
+
+@requires_real
+def test_stripped_brain_mask_is_the_foreground(brats):
+    mask, evidence = brain_mask({"t1c": brats["t1c"], "t2f": brats["t2f"]})
+    assert evidence.stripped
+    truth = sitk.Cast(brats["t1c"] > 50, sitk.sitkUInt8)
+    assert dice(mask, truth) > 0.95
+
+
+@requires_colin
+def test_real_colin27_head_and_its_brain():
+    head = sitk.ReadImage(str(COLIN / "ch2.nii.gz"), sitk.sitkFloat32)
+    bet = sitk.ReadImage(str(COLIN / "ch2bet.nii.gz"), sitk.sitkFloat32)
+    assert not is_skull_stripped(head)
+    assert is_skull_stripped(bet)
+    mask, _ = brain_mask(head)
+    truth = sitk.Cast(bet > 0, sitk.sitkUInt8)
+    assert dice(mask, truth) > 0.93
+    assert 0.9 < volume_ml(mask) / volume_ml(truth) < 1.1
