@@ -10,9 +10,11 @@ intensity histogram iteratively. The field is smooth, so it is estimated on a co
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,6 +39,13 @@ class N4Config:
     iterations: tuple[int, ...] = (50, 50, 50, 50)
     control_points: int = 4
     convergence: float = 1e-3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> N4Config:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def __post_init__(self) -> None:
         if self.shrink_to_mm <= 0 or not self.iterations or any(i < 1 for i in self.iterations):

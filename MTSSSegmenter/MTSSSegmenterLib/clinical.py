@@ -22,7 +22,7 @@ import torch
 from .constants import modality
 from .geometry import Grid, check_overlap
 from .preprocess import PreparedCase, _array, regions_to_labels
-from .registration import Registration, RegistrationConfig, head_mask, register_series, working_image
+from .registration import Registration, RegistrationConfig, register_series, working_image
 from .skull import SkullEvidence, brain_mask
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,13 @@ def needs_registration(images: dict[str, sitk.Image], reference: str) -> bool:
 
 
 def coverage(mask: sitk.Image, series: sitk.Image, transform: sitk.Transform | None = None) -> float:
-    """Fraction of the brain ``mask`` (on the reference grid) that lies inside ``series``' field of view."""
-    coarse = sitk.Cast(working_image(mask, 4.0) > 0.5, sitk.sitkUInt8)
-    inside = sitk.GetArrayViewFromImage(coarse) > 0
+    """Fraction of the brain ``mask`` (reference grid, or a coarse copy) inside ``series``' field of view."""
+    inside = sitk.GetArrayViewFromImage(mask) > 0
     if not inside.any():
         return 1.0
     ones = sitk.Image(series.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(series)
-    fov = sitk.Resample(ones, coarse, transform or sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    fov = sitk.Resample(ones, mask, transform or sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return float(np.count_nonzero(sitk.GetArrayViewFromImage(fov)[inside]) / np.count_nonzero(inside))
 
 
@@ -138,10 +137,17 @@ def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool 
     mask, evidence = brain_mask(images, reference, transforms)
     report.skull = evidence
     timings["brain_mask"] = time.perf_counter() - t
-    ref_brain = mask if not evidence.stripped else head_mask(working_image(images[reference], 2.0))
+    ref_grid = Grid.of(images[reference])
+    coarse: sitk.Image | None = None
     for code, img in images.items():
-        if code != reference:
-            report.coverage[code] = coverage(ref_brain, img, transforms.get(code))
+        if code == reference:
+            continue
+        if code not in transforms and Grid.of(img).same_as(ref_grid):
+            report.coverage[code] = 1.0
+            continue
+        if coarse is None:  # the brain at 4 mm is plenty to measure coverage
+            coarse = sitk.Cast(working_image(mask, 4.0) > 0.5, sitk.sitkUInt8)
+        report.coverage[code] = coverage(coarse, img, transforms.get(code))
     report.warnings = input_warnings(images, report)
     return images, transforms, (None if evidence.stripped else mask), report
 

@@ -4,13 +4,16 @@ BraTS images are skull-stripped: the brain alone on a flat zero background. A sc
 whole head: scalp, skull, neck. The network must see brain only, and its intensity normalisation must
 look at brain only, so a skull-on study needs a brain mask first.
 
-Brain extraction here is classical mathematical morphology, in the spirit of the morphological methods
-compared by Smith (BET, Human Brain Mapping 2002) and of Otsu thresholding (IEEE SMC 1979): brain tissue
-is brighter than the cerebrospinal fluid and bone that separate it from the scalp, so thresholding tissue,
-eroding by a few millimetres to cut the thin bridges to the scalp, keeping the largest central component,
-dilating it back inside the tissue and closing/filling holes leaves the brain. It is made to crop and
-normalise, not for volumetry. The same procedure decides whether the skull is on: on a skull-stripped
-image it gives back (nearly) the whole foreground; on a head it keeps well under three quarters of it.
+Detection (:func:`skull_evidence`) reads the intensity profile under the surface of the foreground: a head
+has a bone-dark layer a few millimetres under its skin and a dip (scalp, bone, brain) in the layers' median
+intensity, even when thick slices blur the bone; it is also larger than any brain (> 2.6 L). A stripped
+brain's profile only rises (T1) or only falls (T2: bright CSF at the rim) towards the deep tissue.
+
+Extraction (:func:`extract_brain`) is classical mathematical morphology, in the spirit of the morphological
+methods compared by Smith (BET, Human Brain Mapping 2002), with an Otsu foreground (IEEE SMC 1979): brain
+tissue is brighter than the CSF and bone that separate it from the scalp, so thresholding tissue, eroding it
+to cut thin bridges to the scalp, keeping the deep central component, growing it back inside the tissue
+and closing/filling holes leaves the brain. It is made to crop and normalise, not for volumetry.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ class SkullEvidence:
                 "dark_shell": round(self.dark_shell, 3), "valley": round(self.valley, 3)}
 
 
-# Calibrated on skull-stripped BraTS, MNI152 and Colin27 brains and on skull-on Colin27 heads and synthetic
-# heads, at 1-6 mm slices (see Testing/segmenter/test_skull.py and the report of issue 8).
+# Calibrated on 60 images: skull-stripped BraTS (4 sequences), MNI152 and Colin27 brains, whole and cut to half
+# their slices, at 1-6 mm slices (valley <= 0.025, dark shell <= 0.015), and skull-on Colin27 and synthetic
+# heads (scalp, skull and neck around the BraTS brain), also cut in half (valley >= 0.058 or > 2.6 L).
 MAX_BRAIN_ML = 2600.0
 MAX_DARK_SHELL = 0.03
 MAX_VALLEY = 0.05
@@ -113,7 +117,7 @@ def head_foreground(arr: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, f
     otsu = sitk.OtsuThreshold(sitk.GetImageFromArray(sub), 0, 1)
     above = sub[sitk.GetArrayViewFromImage(otsu) > 0]
     t_otsu = float(above.min()) if above.size else lo
-    # Half-way to Otsu: keeps dark tissue (bone, CSF) that touches bright tissue, drops air and noise.
+    # 30 % of the way to Otsu's threshold: keeps dark tissue (bone, CSF), drops air and background noise.
     fg = arr > lo + 0.3 * (t_otsu - lo)
     fg = _largest(ndimage.binary_opening(fg, iterations=1))
     fg = ndimage.binary_closing(fg, iterations=2)
@@ -130,9 +134,12 @@ def extract_brain(arr: np.ndarray, spacing: np.ndarray, head: np.ndarray | None 
     2. Core: tissue eroded by ``erosion_mm`` (cuts thin bridges to the scalp) and deeper than
        ``core_depth_mm`` below the head's surface (scalp and skull are thinner than that); its component of
        largest depth-weighted size.
-    3. Growth: geodesic dilation of the core inside the tissue by ``growth_mm``: it reaches the brain's
-       surface and stops at the dark bone, leaking a few millimetres at most where the bone is invisible.
+    3. Growth: geodesic dilation of the core inside the tissue by ``erosion_mm + growth_mm``: it reaches the
+       brain's surface and stops at the dark bone, leaking a few millimetres at most where bone is invisible.
     4. Closing and hole filling put back sulci, ventricles and dark lesions.
+
+    The defaults were tuned on 20 skull-on images (Colin27 at 1 mm and on 2-6 mm oblique slices, synthetic
+    heads around the BraTS brain in four sequences): mean Dice 0.95 with the true brain, lowest 0.91.
 
     Args:
         arr: intensities, any MR contrast (T1 works best).

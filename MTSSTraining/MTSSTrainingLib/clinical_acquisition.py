@@ -227,7 +227,8 @@ def clinical_acquisition(images: dict[str, sitk.Image], seg: sitk.Image, rng: np
         smooth = sitk.SmoothingRecursiveGaussian(img, [float(max(s, 1e-3)) for s in world_sigma])
         out = sitk.Resample(smooth, grid, tf.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         arr = sitk.GetArrayFromImage(out)
-        scale = float(rng.uniform(300, 3000)) / max(float(np.percentile(arr[arr > 0], 99)) if (arr > 0).any() else 1, 1e-6)
+        top = float(np.percentile(arr[arr > 0], 99)) if (arr > 0).any() else 1.0
+        scale = float(rng.uniform(300, 3000)) / max(top, 1e-6)
         arr *= scale
         if background_noise and skull is not None:
             sigma_n = 0.01 * float(np.percentile(arr[arr > 0], 90)) if (arr > 0).any() else 1.0
