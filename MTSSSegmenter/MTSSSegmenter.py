@@ -131,7 +131,10 @@ class MTSSSegmenterParameterNode:
     """GUI state, saved with the scene.
 
     The four input volumes (any may be empty), the output segmentation (empty = create one), the model
-    bundle folder (empty = default), the device (auto, cpu, cuda[:N]) and the options passed to the logic.
+    bundle folder (empty = default), the device (auto, cpu, cuda[:N]) and the options passed to the logic:
+    registerSeries (checked: register the series when their grids differ; unchecked: never),
+    applyRegistrationTransforms (put the registered series under their transforms), biasCorrection (N4) and
+    brainMask (add the brain mask as a segment).
     """
 
     t1nVolume: vtkMRMLScalarVolumeNode
@@ -143,6 +146,8 @@ class MTSSSegmenterParameterNode:
     device: str = "auto"
     showRegions: bool = False
     registerSeries: bool = True
+    applyRegistrationTransforms: bool = False
+    biasCorrection: bool = False
     brainMask: bool = False
 
     def inputVolumes(self) -> dict:
@@ -240,6 +245,7 @@ class MTSSSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.text = _("Cancel") if running else _("Segment")
         self.ui.applyButton.toolTip = (_("Stop the segmentation.") if running else _("Segment the tumour.") if hasInput
                                        and hasModel else _("Choose at least one input volume and a model."))
+        self.ui.applyTransformsCheckBox.enabled = p.registerSeries
         hasResult = p.outputSegmentation is not None and bool(self.logic.generatedSegmentIDs(p.outputSegmentation))
         self.ui.show3DButton.enabled = self.ui.editButton.enabled = hasResult and not running
 
@@ -308,11 +314,12 @@ class MTSSSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not ensureEngineDependencies():
                 return
             p = self._parameterNode
-            options = {"showRegions": p.showRegions}
+            options = {"showRegions": p.showRegions, "brainMask": p.brainMask,
+                       "applyTransforms": p.registerSeries and p.applyRegistrationTransforms}
             if not p.registerSeries:
-                options["register"] = False
-            if p.brainMask:
-                options["brain_mask"] = True
+                options["register"] = False  # checked: None, i.e. register when the grids differ
+            if p.biasCorrection:
+                options["n4"] = True
             self.ui.logTextEdit.clear()
             self._logLinesShown = 0
             self._job = self.logic.process(p.inputVolumes(), p.outputSegmentation, p.modelPath or None, p.device,
@@ -356,8 +363,14 @@ class MTSSSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for warning in summary.get("warnings", []):
             self.ui.logTextEdit.appendPlainText(_("Warning: {text}").format(text=warning))
         timings = summary.get("timings_s", {})
-        self.ui.statusLabel.text = _("Done on {device} in {seconds:.1f} s with model '{model}'.").format(
+        status = _("Done on {device} in {seconds:.1f} s with model '{model}'.").format(
             device=summary.get("device", "?"), seconds=timings.get("total", 0.0), model=summary.get("model", "?"))
+        registered = summary.get("registration_transform_nodes", {})
+        if registered:
+            status += " " + _("{series} registered to {reference}: see the transforms 'MTSS ... → {reference}' and "
+                              "their quality in the Log.").format(series=", ".join(registered),
+                                                                  reference=summary.get("reference", "?"))
+        self.ui.statusLabel.text = status
         reference = slicer.mrmlScene.GetNodeByID(segmentationNode.GetAttribute("MTSS.referenceVolumeID") or "")
         if reference is not None:
             slicer.util.setSliceViewerLayers(background=reference, fit=False)

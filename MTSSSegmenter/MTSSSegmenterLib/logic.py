@@ -7,6 +7,11 @@ worker process (:mod:`.worker`, started with ``PythonSlicer``) segments them, an
 back and imported with ``vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode``. The worker
 stays alive between calls, so only the first call pays process start and model loading.
 
+When the series do not share the reference's grid, the pipeline registers them rigidly to the reference;
+each transform it found is kept as a ``vtkMRMLLinearTransformNode`` named ``MTSS <series> → <reference>``
+whose *transform to parent* moves the series onto the reference (put the series volume under it to see it
+aligned; see :func:`registrationToParentMatrix` for the convention).
+
 Usage from a script::
 
     logic = MTSSSegmenterLogic()
@@ -36,12 +41,22 @@ from . import terminology as term
 from .bundle import list_bundles, model_card, user_model_dir
 from .constants import MODALITY_CODES, modality, reference_modality
 from .errors import Cancelled, InputError, MTSSError, OutputError
+from .registration import transform_from_summary
 from .worker import SegmentationJob, WorkerClient
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, float, str], None]
 _LPS = np.diag([-1.0, -1.0, 1.0])
+_LPS4 = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS on homogeneous points (its own inverse)
+
+ANATOMICAL_STRUCTURE = term.Code("SCT", "123037004", "Anatomical Structure")
+BRAIN_SEGMENT = term.SegmentSpec("BRAIN", "brain", "MTSS_brain", "Brain", (250 / 255, 250 / 255, 225 / 255), term.BRAIN,
+                                 (1,))
+"""The brain mask the network saw, added on request (``brainMask=True``); Slicer's colour for Brain."""
+BRAIN_TERMINOLOGY = term.terminology_string(term.BRAIN, ANATOMICAL_STRUCTURE, term.EMPTY)
+REGISTERED_SERIES_ATTRIBUTE = "MTSS.registeredSeriesID"
+REGISTRATION_REFERENCE_ATTRIBUTE = "MTSS.registrationReferenceID"
 
 
 def segmentationsLogicClass() -> Any:
@@ -80,6 +95,60 @@ def imageFromVolume(volume: Any) -> sitk.Image:
     image.SetDirection((_LPS @ matrix[:3, :3] / spacing).flatten().tolist())
     image.SetOrigin((_LPS @ matrix[:3, 3]).tolist())
     return image
+
+
+def registrationToParentMatrix(entry: dict[str, Any]) -> np.ndarray:
+    """The 4x4 RAS matrix that moves a series onto the reference, from the pipeline's registration entry.
+
+    The pipeline reports (per series, :meth:`Registration.summary`) a rigid transform ``T`` that maps
+    reference points to series points in LPS (``fixed -> moving``, what SimpleITK's resampling needs). A
+    transform node put above the series volume must map the series' world coordinates to the reference's
+    (its *transform to parent*), so this is ``F · T⁻¹ · F`` with ``F = diag(-1, -1, 1, 1)`` (LPS <-> RAS).
+
+    Returns:
+        ``M`` such that ``M @ [r, a, s, 1]`` of a point of the series' anatomy is where that anatomy lies in
+        the reference (RAS, mm).
+    """
+    transform = transform_from_summary(entry)
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(transform.GetMatrix(), dtype=np.float64).reshape(3, 3)
+    lps[:3, 3] = transform.TransformPoint((0.0, 0.0, 0.0))
+    return _LPS4 @ np.linalg.inv(lps) @ _LPS4
+
+
+def _matrixToNumpy(m: Any) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpyToMatrix(a: np.ndarray) -> Any:
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r, c]))
+    return m
+
+
+def registrationReport(summary: dict[str, Any], transformNames: dict[str, str] | None = None) -> list[str]:
+    """Readable lines on the registration of each series, from a pipeline summary (empty when not run)."""
+    entries = summary.get("registration")
+    if entries is None:
+        return []
+    reference = summary.get("reference", "the reference")
+    if not isinstance(entries, dict):
+        return [f"Registration: {entries}."]
+    lines = []
+    for code, entry in entries.items():
+        shift = ", ".join(f"{v:.1f}" for v in entry.get("translation_mm", []))
+        verdict = "ok" if entry.get("ok") else "LIKELY FAILED"
+        line = (f"Registration of {code} to {reference}: metric {entry.get('metric', float('nan')):.4f}, rotation "
+                f"{entry.get('rotation_deg', float('nan')):.1f} deg, translation ({shift}) mm (LPS, reference to "
+                f"series), edge sharpness {entry.get('sharpness', float('nan')):.3f} ({verdict})")
+        if transformNames and code in transformNames:
+            line += f"; transform node '{transformNames[code]}'"
+        lines.append(line + ".")
+        if entry.get("warning"):
+            lines.append(f"Warning: {entry['warning']}")
+    return lines
 
 
 def worldCorners(volume: Any) -> np.ndarray:
@@ -199,8 +268,11 @@ class MTSSSegmenterLogic:
             waitForCompletion: block until done (scripts, tests); False returns a :class:`SegmentationJob`.
             progressCallback: ``callback(state, progress 0..1, message)``; raising :class:`Cancelled` in it
                 cancels (blocking mode only).
-            **options: ``showRegions`` (also add WT/TC/ET segments), ``reference`` (modality whose grid the
-                result lies on); the rest (e.g. ``register``, ``brain_mask``) go to the pipeline.
+            **options: ``showRegions`` (also add WT/TC/ET segments), ``brainMask`` (also add the brain mask the
+                network saw as a segment), ``applyTransforms`` (put each registered series volume under its
+                registration transform, so that it shows aligned; off by default), ``reference`` (modality
+                whose grid the result lies on); the rest go to the pipeline: ``register`` (None: when the
+                grids differ, True, False) and ``n4`` (N4 bias-field correction).
 
         Returns:
             The segmentation node, or the job when ``waitForCompletion`` is False.
@@ -210,6 +282,11 @@ class MTSSSegmenterLogic:
             Cancelled: when the callback cancelled (the scene is left as it was).
         """
         showRegions = bool(options.pop("showRegions", False))
+        brainMask = bool(options.pop("brainMask", False)) | bool(options.pop("brain_mask_out", False))
+        applyTransforms = bool(options.pop("applyTransforms", False))
+        if options.pop("output_spacing", None) is not None:
+            raise InputError("Option 'output_spacing' is for the command line only: in Slicer the segmentation lies "
+                             "on the reference volume's grid (Slicer can resample it later, e.g. Crop Volume).")
         volumes, ref = self.validateInputs(inputVolumes, options.pop("reference", None))
         if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
             raise InputError(f"The output must be a segmentation node, not a {outputSegmentation.GetClassName()}.")
@@ -227,24 +304,34 @@ class MTSSSegmenterLogic:
                               "Free some disk space or set TMPDIR to a writable folder.") from exc
         worker = self._ensureWorker()
         self._jobCount += 1
+        brainPath = folder / "brain.nrrd"
         request = {"cmd": "segment", "id": str(self._jobCount), "inputs": inputs, "output": str(folder / "label.nrrd"),
                    "model": str(modelPath) if modelPath else None, "device": device, "reference": ref,
-                   "options": options}
+                   "options": options, "brain_mask_output": str(brainPath) if brainMask else None}
         referenceVolume = volumes[ref]
 
         def importer(labelPath: Path, summary: dict[str, Any]) -> Any:
-            return self.importLabelMap(sitk.ReadImage(str(labelPath)), referenceVolume, outputSegmentation,
-                                       showRegions, str(summary.get("model", "")), summary)
+            brain = sitk.ReadImage(str(brainPath)) if brainMask and brainPath.is_file() else None
+            node = self.importLabelMap(sitk.ReadImage(str(labelPath)), referenceVolume, outputSegmentation,
+                                       showRegions, str(summary.get("model", "")), summary, brain)
+            transforms = self.updateRegistrationTransforms(summary, volumes, ref, applyTransforms)
+            if transforms:
+                summary["registration_transform_nodes"] = {code: t.GetID() for code, t in transforms.items()}
+                node.SetAttribute("MTSS.summary", json.dumps(summary))
+            for line in registrationReport(summary, {code: t.GetName() for code, t in transforms.items()}):
+                log.info("%s", line)
+                job.log.append(line)
+            return node
 
-        self._job = SegmentationJob(worker, request, folder, importer, self._jobEnded)
+        job = self._job = SegmentationJob(worker, request, folder, importer, self._jobEnded)
         try:
             worker.send(request)
         except OSError as exc:
-            self._job.cancel()
+            job.cancel()
             raise MTSSError(f"Could not talk to the segmentation engine ({exc}); click Segment again.") from exc
         if not waitForCompletion:
-            return self._job
-        return self._job.wait(progressCallback)
+            return job
+        return job.wait(progressCallback)
 
     def _ensureWorker(self) -> WorkerClient:
         if self._worker is None or not self._worker.alive():
@@ -275,12 +362,14 @@ class MTSSSegmenterLogic:
 
     # ---------------------------------------------------------------- result import
     def importLabelMap(self, label: sitk.Image, referenceVolume: Any, segmentationNode: Any = None,
-                       showRegions: bool = False, modelName: str = "", summary: dict[str, Any] | None = None) -> Any:
+                       showRegions: bool = False, modelName: str = "", summary: dict[str, Any] | None = None,
+                       brainMask: sitk.Image | None = None) -> Any:
         """Put a BraTS label map (on ``referenceVolume``'s grid) into a segmentation node.
 
         Segments made by an earlier run (tagged :data:`terminology.GENERATED_TAG`) are replaced; the user's
         own segments stay. A new node is created (and placed under the reference volume's study in the
-        subject hierarchy) when ``segmentationNode`` is None.
+        subject hierarchy) when ``segmentationNode`` is None. ``brainMask`` (0/1, same grid), when given,
+        becomes an outlined "Brain" segment.
         """
         scene = referenceVolume.GetScene()
         if scene is None:
@@ -289,6 +378,7 @@ class MTSSSegmenterLogic:
         if segmentationNode is not None and segmentationNode.GetScene() is not scene:
             segmentationNode = None  # deleted meanwhile (or in another scene): make a new one
         array = self._checkedLabelArray(label, referenceVolume)
+        brainArray = None if brainMask is None else (self._checkedLabelArray(brainMask, referenceVolume) > 0)
         Logic = segmentationsLogicClass()
         temp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MTSS_import__")
         created = segmentationNode is None
@@ -307,26 +397,31 @@ class MTSSSegmenterLogic:
             segmentation = segmentationNode.GetSegmentation()
             specs = term.segment_specs(showRegions)
             groups = [[s for s in specs if s.kind == "label"]] + [[s] for s in specs if s.kind == "region"]
+            if brainArray is not None:
+                groups.append([BRAIN_SEGMENT])
             for group in groups:
                 ids = vtk.vtkStringArray()
                 for spec in group:
                     segmentId = segmentation.AddEmptySegment(segmentation.GenerateUniqueSegmentID(spec.segment_id),
                                                              spec.name, list(spec.color))
                     ids.InsertNextValue(segmentId)
-                    self._describeSegment(segmentation.GetSegment(segmentId), spec, modelName)
+                    self._describeSegment(segmentation.GetSegment(segmentId), spec, modelName,
+                                          BRAIN_TERMINOLOGY if spec is BRAIN_SEGMENT else None)
                 if group[0].kind == "label":
                     values = array  # label value k goes to the k-th ID
+                elif group[0] is BRAIN_SEGMENT:
+                    values = brainArray.astype(np.uint8)
                 else:
                     values = np.isin(array, group[0].labels).astype(np.uint8)
                 self._setLabelImage(temp, values)
                 if not Logic.ImportLabelmapToSegmentationNode(temp, segmentationNode, ids):
                     raise OutputError("Slicer could not import the label map into the segmentation "
                                       f"'{segmentationNode.GetName()}'.")
-                if group[0].kind == "region":
+                if group[0].kind != "label":
                     display = segmentationNode.GetDisplayNode()
                     if display is not None:
-                        display.SetSegmentOpacity2DFill(ids.GetValue(0), 0.0)  # regions as outlines
-                        display.SetSegmentOpacity3D(ids.GetValue(0), 0.3)
+                        display.SetSegmentOpacity2DFill(ids.GetValue(0), 0.0)  # regions and brain as outlines
+                        display.SetSegmentOpacity3D(ids.GetValue(0), 0.1 if group[0] is BRAIN_SEGMENT else 0.3)
         except Exception:
             if created and segmentationNode is not None:
                 scene.RemoveNode(segmentationNode)
@@ -368,17 +463,18 @@ class MTSSSegmenterLogic:
         node.SetAndObserveImageData(image)
 
     @staticmethod
-    def _describeSegment(segment: Any, spec: term.SegmentSpec, modelName: str) -> None:
+    def _describeSegment(segment: Any, spec: term.SegmentSpec, modelName: str, terminology: str | None = None) -> None:
         segment.SetTag(term.GENERATED_TAG, modelName or "MTSS")
         segment.SetTag(term.SEGMENT_KIND_TAG, spec.kind)
         segment.SetTag(term.SEGMENT_CODE_TAG, spec.code)
         if hasattr(segment, "SetNameAutoGenerated"):  # keep our names and colours when the terminology is set
             segment.SetNameAutoGenerated(False)
             segment.SetColorAutoGenerated(False)
+        terminology = terminology or spec.terminology
         if hasattr(segment, "SetTerminology"):
-            segment.SetTerminology(spec.terminology)
+            segment.SetTerminology(terminology)
         else:
-            segment.SetTag(segment.GetTerminologyEntryTagName(), spec.terminology)
+            segment.SetTag(segment.GetTerminologyEntryTagName(), terminology)
 
     @staticmethod
     def generatedSegmentIDs(segmentationNode: Any) -> list[str]:
@@ -407,6 +503,80 @@ class MTSSSegmenterLogic:
         item = shNode.GetItemByDataNode(node) or shNode.CreateItem(parent, node)
         if parent and parent != shNode.GetSceneItemID():
             shNode.SetItemParent(item, parent)
+
+    # ---------------------------------------------------------------- registration transforms
+    def updateRegistrationTransforms(self, summary: dict[str, Any], volumes: dict[str, Any], referenceCode: str,
+                                     applyToSeries: bool = False) -> dict[str, Any]:
+        """Keep the pipeline's registrations as linear transform nodes; returns ``{modality: node}``.
+
+        One ``vtkMRMLLinearTransformNode`` per registered series, named ``MTSS <series> → <reference>`` and
+        tagged with the two volume nodes, so that a re-run updates it instead of adding another. Its
+        *transform to parent* moves the series onto the reference (:func:`registrationToParentMatrix`); its
+        description and the ``MTSS.registration`` attribute hold the quality figures.
+
+        The registration was done on the volumes as seen in world coordinates. When the series volume already
+        sits under this very node (an earlier run with ``applyToSeries``), the new result is composed with it,
+        so the series stays aligned. ``applyToSeries`` puts each series volume under its node (only volumes
+        not under another transform: those are left where they are, with a log message).
+        """
+        entries = summary.get("registration")
+        reference = volumes.get(referenceCode)
+        if not isinstance(entries, dict) or reference is None or reference.GetScene() is None:
+            return {}
+        scene = reference.GetScene()
+        out: dict[str, Any] = {}
+        for code, entry in entries.items():
+            series = volumes.get(code)
+            if series is None or series.GetScene() is not scene:
+                continue
+            toWorld = registrationToParentMatrix(entry)  # series world -> reference world
+            node = self._registrationTransformNode(scene, series, reference, f"MTSS {code} → {referenceCode}")
+            if series.GetParentTransformNode() is node:  # the series was seen through this node: compose
+                toWorld = toWorld @ self._nodeToWorld(node)
+            node.SetMatrixTransformToParent(_numpyToMatrix(self._worldToParent(node) @ toWorld))
+            node.SetAttribute("MTSS.registration", json.dumps(entry))
+            node.SetDescription(
+                f"Rigid registration of '{series.GetName()}' ({code}) to '{reference.GetName()}' ({referenceCode}) "
+                f"by MTSS: metric {entry.get('metric')}, rotation {entry.get('rotation_deg')} deg, translation "
+                f"{entry.get('translation_mm')} mm (LPS, reference to series), "
+                f"{'ok' if entry.get('ok') else 'likely failed'}. The transform to parent moves the series onto "
+                "the reference: put the series under it to see it aligned.")
+            if applyToSeries and series.GetParentTransformNode() not in (None, node):
+                log.info("'%s' is already under the transform '%s'; it was not put under '%s' (put '%s' under '%s' "
+                         "to align it).", series.GetName(), series.GetParentTransformNode().GetName(), node.GetName(),
+                         series.GetParentTransformNode().GetName(), node.GetName())
+            elif applyToSeries:
+                series.SetAndObserveTransformNodeID(node.GetID())
+            out[code] = node
+        return out
+
+    def _registrationTransformNode(self, scene: Any, series: Any, reference: Any, name: str) -> Any:
+        """The transform node of an earlier run for this pair of volumes, else a new one (in the study)."""
+        nodes = scene.GetNodesByClass("vtkMRMLLinearTransformNode")
+        for i in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(i)
+            if (node.GetAttribute(REGISTERED_SERIES_ATTRIBUTE) == series.GetID()
+                    and node.GetAttribute(REGISTRATION_REFERENCE_ATTRIBUTE) == reference.GetID()):
+                return node
+        node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", scene.GenerateUniqueName(name))
+        node.SetAttribute(REGISTERED_SERIES_ATTRIBUTE, series.GetID())
+        node.SetAttribute(REGISTRATION_REFERENCE_ATTRIBUTE, reference.GetID())
+        self._placeInSubjectHierarchy(node, reference)
+        return node
+
+    @staticmethod
+    def _nodeToWorld(node: Any) -> np.ndarray:
+        if not node.IsTransformToWorldLinear():
+            raise InputError(f"Transform '{node.GetName()}' is under a non-linear transform; harden that transform "
+                             "and segment again.")
+        m = vtk.vtkMatrix4x4()
+        node.GetMatrixTransformToWorld(m)
+        return _matrixToNumpy(m)
+
+    @classmethod
+    def _worldToParent(cls, node: Any) -> np.ndarray:
+        parent = node.GetParentTransformNode()
+        return np.eye(4) if parent is None else np.linalg.inv(cls._nodeToWorld(parent))
 
     # ---------------------------------------------------------------- models and devices
     @staticmethod
@@ -452,4 +622,5 @@ class MTSSSegmenterLogic:
 
 
 __all__ = ["MTSSSegmenterLogic", "SegmentationJob", "ModelInfo", "Cancelled", "MTSSError", "imageFromVolume",
-           "ijkToWorld", "segmentationsLogicClass", "userModelDir"]
+           "ijkToWorld", "segmentationsLogicClass", "userModelDir", "registrationToParentMatrix", "registrationReport",
+           "BRAIN_SEGMENT"]

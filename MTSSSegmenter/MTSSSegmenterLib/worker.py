@@ -9,13 +9,19 @@ memory: the first request pays process start and model loading, later ones only 
 Requests::
 
     {"cmd": "segment", "id": "3", "inputs": {"t1c": "/tmp/x/t1c.nrrd", ...}, "output": "/tmp/x/label.nrrd",
-     "model": null | "path or name", "device": "auto", "reference": null | "t1c", "options": {...}}
+     "model": null | "path or name", "device": "auto", "reference": null | "t1c", "options": {...},
+     "brain_mask_output": null | "/tmp/x/brain.nrrd"}
     {"cmd": "info"}
     {"cmd": "quit"}
 
+``options`` are keyword arguments of :func:`~MTSSSegmenterLib.pipeline.segment` (see :func:`segment_options`),
+e.g. ``{"register": false, "n4": true}``. With ``brain_mask_output`` the brain mask the network saw is
+written there too (uint8, on the label's grid) and named in the result event (``brain_mask``).
+
 Events (``event`` key): ``ready`` (once, after the imports, with :func:`environment_info`), ``info``,
 ``progress`` (``stage``, ``fraction`` within the stage), ``log`` (``level``, ``message``), ``result``
-(``summary`` of :meth:`SegmentationResult.summary`, ``output``), ``error`` (``kind``, ``message``).
+(``summary`` of :meth:`SegmentationResult.summary`, ``output``, ``brain_mask`` when asked for), ``error``
+(``kind``, ``message``).
 
 A missing or broken torch/MONAI is reported as an ``error`` of kind ``dependency`` naming what to install,
 then the process exits with status 3. Cancelling is done by the caller killing the process group.
@@ -26,6 +32,7 @@ requests, collects events on a reader thread and ends the whole process tree (no
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -94,15 +101,34 @@ def environment_info() -> dict[str, Any]:
 
     return {"python": sys.version.split()[0], "executable": sys.executable, "torch": torch.__version__,
             "cuda_available": torch.cuda.is_available(), "gpus": gpus, "pid": os.getpid(),
-            "options": sorted(getattr(pipeline, "SEGMENT_OPTIONS", {}))}
+            "options": sorted(segment_options(pipeline))}
+
+
+# Arguments of ``pipeline.segment`` that the request sets through its own fields, not through ``options``.
+_REQUEST_FIELDS = frozenset({"images", "model", "device", "progress", "reference"})
+
+
+def segment_options(pipeline: Any) -> dict[str, Any]:
+    """The options ``pipeline.segment`` accepts (name -> default).
+
+    The pipeline's ``SEGMENT_OPTIONS`` when it declares one, else the keyword arguments with a default of
+    ``pipeline.segment`` (``register``, ``n4``, ``brain_mask_out``, ``output_spacing``), less those the
+    request sets through its own fields.
+    """
+    declared = getattr(pipeline, "SEGMENT_OPTIONS", None)
+    if declared is not None:
+        return dict(declared)
+    parameters = inspect.signature(pipeline.segment).parameters.values()
+    return {p.name: p.default for p in parameters if p.name not in _REQUEST_FIELDS
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
 
 
 def split_options(options: dict[str, Any], supported: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
     """Options the pipeline accepts, and warnings for requested ones it does not know.
 
-    ``supported`` is the pipeline's ``SEGMENT_OPTIONS`` (name -> default) when it declares one. Options it
-    does not declare are dropped: silently when they ask for nothing (False/None/empty), with a warning
-    when they ask for something this MTSS version cannot do yet (e.g. ``register=True``).
+    ``supported`` is what :func:`segment_options` found (name -> default). Options outside it are dropped:
+    silently when they ask for nothing (False/None/empty), with a warning when they ask for something, so
+    that a newer Slicer module talking to an older engine says what it could not do.
     """
     known = supported or {}
     accepted, warnings = {}, []
@@ -125,15 +151,25 @@ def handle_segment(request: dict[str, Any], emit: EventWriter) -> None:
         emit("progress", id=job, stage=stage, fraction=float(fraction))
 
     inputs = {str(k): str(v) for k, v in dict(request["inputs"]).items()}
-    options, warnings = split_options(dict(request.get("options") or {}), getattr(pipeline, "SEGMENT_OPTIONS", None))
+    supported = segment_options(pipeline)
+    options, warnings = split_options(dict(request.get("options") or {}), supported)
+    brain_output = request.get("brain_mask_output") or None
+    if brain_output and "brain_mask_out" in supported:
+        options["brain_mask_out"] = True
+    elif brain_output:
+        warnings.append("This MTSS version cannot output the brain mask; it was left out.")
+        brain_output = None
     progress("reading", 0.0)
     images = pipeline.read_inputs(inputs)
     result = pipeline.segment(images, model=request.get("model") or None, device=str(request.get("device") or "auto"),
                               progress=progress, reference=request.get("reference") or None, **options)
     output = write_image(result.label, request["output"], compress=False)
+    extra = {}
+    if brain_output and getattr(result, "brain_mask", None) is not None:
+        extra["brain_mask"] = str(write_image(result.brain_mask, brain_output, compress=False))
     summary = result.summary()
     summary["warnings"] = list(summary.get("warnings", [])) + warnings
-    emit("result", id=job, output=str(output), summary=summary)
+    emit("result", id=job, output=str(output), summary=summary, **extra)
 
 
 def serve(stdin: TextIO, emit: EventWriter) -> int:
@@ -455,7 +491,7 @@ _process_exists = process_exists  # kept for the tests of WorkerClient.kill
 
 
 __all__ = ["PREFIX", "WorkerClient", "SegmentationJob", "STAGES", "EventWriter", "parse_line", "split_options",
-           "default_python", "main"]
+           "segment_options", "default_python", "main"]
 
 
 if __name__ == "__main__":

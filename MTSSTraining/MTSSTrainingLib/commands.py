@@ -99,6 +99,9 @@ def _training_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--cache-gb", type=float, default=None, help="RAM for prepared cases (default: a third of free memory)")
     p.add_argument("--modality-dropout", type=float, default=None,
                    help=f"probability of a random modality subset per sample (default {DEFAULT_DROPOUT[command]})")
+    p.add_argument("--clinical-augment", type=float, default=0.0, metavar="P",
+                   help="probability per series of clinical degradations: thick 2-6 mm slices along a random axis "
+                        "and a smooth bias field (default 0: off)")
     p.add_argument("--name", default=None, help="bundle name (default teacher-POP, joint or student)")
     default_subsets = [] if command == "train-teacher" else ["t1c,t2f"]
     p.add_argument("--val-subsets", nargs="*", default=default_subsets, metavar="MODS",
@@ -167,7 +170,15 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
                        schedule=args.schedule, device=args.device, amp=args.amp, seed=args.seed, workers=args.workers,
                        val_fraction=args.val_fraction, spacing=args.spacing, mapping=args.mapping, init=args.init,
                        cache_gb=args.cache_gb, modality_dropout=dropout, name=args.name, val_subsets=subsets,
-                       **extra)
+                       augment=_clinical_augment(args.clinical_augment), **extra)
+
+
+def _clinical_augment(p: float) -> dict[str, Any]:
+    from MTSSSegmenterLib.errors import InputError
+
+    if not 0.0 <= p <= 1.0:
+        raise InputError(f"--clinical-augment is a probability in [0, 1], got {p}.")
+    return {"thick_slice_prob": p, "bias_prob": p} if p > 0 else {}
 
 
 def _guard(body: Callable[[], int], run_dir: str | None = None) -> int:

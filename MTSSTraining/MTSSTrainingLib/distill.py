@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from MTSSSegmenterLib.bundle import Bundle, load_bundle
-from MTSSSegmenterLib.constants import REGION_CODES, population
+from MTSSSegmenterLib.constants import REGION_CODES
 from MTSSSegmenterLib.errors import BundleError, InputError
 from MTSSSegmenterLib.inference import pad_to_multiple
 from MTSSSegmenterLib.networks import NetOutput, SegNetwork, build_network
@@ -38,6 +38,7 @@ from .cache import CaseCache
 from .checkpoint import atomic_write_bytes
 from .data import DataIndex, Split
 from .distributed import DistContext
+from .ensemble import parse_assignments
 from .losses import KDBatch, build_objective, population_weights
 from .progress import ProgressCallback
 from .runconfig import TrainConfig
@@ -70,13 +71,7 @@ def load_teachers(spec: dict[str, str], spacing: float | None = None) -> dict[st
     if not spec:
         raise InputError("No teacher given. Use --teachers GLI=RUN_DIR PED=RUN_DIR ... (bundles from `mtss train-teacher`).")
     teachers: dict[str, Teacher] = {}
-    for key, path in spec.items():
-        try:
-            code = population(key).code
-        except ValueError as exc:
-            raise InputError(f"--teachers {key}={path}: {exc}") from exc
-        if code in teachers:
-            raise InputError(f"--teachers names population {code} twice; give one teacher per population.")
+    for code, path in parse_assignments(spec).items():
         try:
             bundle = load_bundle(path)
         except BundleError as exc:

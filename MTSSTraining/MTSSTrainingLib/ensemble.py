@@ -46,7 +46,7 @@ def parse_assignments(items: Sequence[str] | dict[str, str] | None, option: str 
         except ValueError as exc:
             raise InputError(f"{option} {key}={value}: {exc}") from exc
         if code in out:
-            raise InputError(f"{option} names population {code} twice; give one model per population.")
+            raise InputError(f"{option} names population {code} twice; give one bundle per population.")
         if not value:
             raise InputError(f"{option} {key}= lacks the path of the bundle.")
         out[code] = value

@@ -12,7 +12,12 @@ same samples), in four steps:
 3. **Intensity** (MONAI ``RandScaleIntensityd``, ``RandShiftIntensityd``, ``RandAdjustContrastd``) on
    the image channels, per channel, then zero again outside the brain and in missing modalities, as
    preprocessing leaves them.
-4. **Modality dropout**: with probability ``modality_dropout`` the sample's ``keep`` vector is a random
+4. **Clinical degradations** (off unless ``thick_slice_prob`` / ``bias_prob`` are set): each series is, on
+   its own, averaged over thick slices along a random axis (a 2-6 mm slab profile, then back on the
+   working grid, as a 5 mm series resampled onto the reference looks) and multiplied by a smooth bias
+   field on a raw-like intensity scale before it is z-scored again in the brain, so that the network
+   does not depend on the 1 mm BraTS grid or on bias-free inputs (the clinical-MRI issue).
+5. **Modality dropout**: with probability ``modality_dropout`` the sample's ``keep`` vector is a random
    non-empty subset of the modalities present, always sometimes FLAIR+T1c and T1c alone (the
    clinically common subsets); the trainer zeros the image and mask channels of dropped modalities for
    the student while teachers see every modality present (Choi et al., CMPB 2023).
@@ -55,16 +60,26 @@ class AugmentConfig:
     gamma: tuple[float, float] = (0.7, 1.5)
     modality_dropout: float = 0.0
     common_subset_prob: float = 0.5  # of dropped samples, the share drawn among COMMON_SUBSETS
+    thick_slice_prob: float = 0.0  # per series: average over thick slices along a random axis
+    thick_slice_mm: tuple[float, float] = (2.0, 6.0)
+    bias_prob: float = 0.0  # per series: a smooth multiplicative bias field
+    bias_strength: float = 0.3  # log-field standard deviation
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
         if len(self.patch) != 3 or min(self.patch) < 4:
             raise ValueError(f"patch must be three sizes >= 4 voxels, got {list(self.patch)}.")
-        for name in ("pos_fraction", "spatial_prob", "intensity_prob", "modality_dropout", "common_subset_prob"):
+        for name in ("pos_fraction", "spatial_prob", "intensity_prob", "modality_dropout", "common_subset_prob",
+                     "thick_slice_prob", "bias_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {v}.")
+        self.thick_slice_mm = tuple(float(v) for v in self.thick_slice_mm)  # type: ignore[assignment]
+        if len(self.thick_slice_mm) != 2 or not 0 < self.thick_slice_mm[0] <= self.thick_slice_mm[1]:
+            raise ValueError(f"thick_slice_mm must be (min, max) with 0 < min <= max, got {list(self.thick_slice_mm)}.")
+        if self.bias_strength < 0:
+            raise ValueError(f"bias_strength must be >= 0, got {self.bias_strength}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -74,7 +89,8 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
         return cls(**{**d, "patch": tuple(d.get("patch", (128, 128, 128))), "scale": tuple(d.get("scale", (0.85, 1.15))),
-                      "gamma": tuple(d.get("gamma", (0.7, 1.5)))})
+                      "gamma": tuple(d.get("gamma", (0.7, 1.5))),
+                      "thick_slice_mm": tuple(d.get("thick_slice_mm", (2.0, 6.0)))})
 
 
 def sample_seed(*keys: int) -> int:
@@ -90,6 +106,57 @@ def choose_subset(rng: np.random.Generator, present: np.ndarray, dropout: float,
     subset = pool[int(rng.integers(len(pool)))]
     keep = np.array([1.0 if m in subset else 0.0 for m in MODALITY_CODES], dtype=np.float32) * present
     return keep if keep.any() else present.astype(np.float32).copy()
+
+
+def thick_slices(channel: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
+    """Average a (Z, Y, X) channel over slabs ``factor`` voxels thick along ``axis`` and interpolate back:
+    what a series with slices ``factor`` times the working spacing looks like on the working grid."""
+    if factor <= 1.0:
+        return channel
+    n = channel.shape[axis]
+    coarse = max(1, round(n / factor))
+    size = list(channel.shape)
+    size[axis] = coarse
+    x = channel[None, None].float()
+    low = torch.nn.functional.adaptive_avg_pool3d(x, size)
+    return torch.nn.functional.interpolate(low, size=channel.shape, mode="trilinear", align_corners=False)[0, 0]
+
+
+def bias_field(shape: Sequence[int], rng: np.random.Generator, strength: float) -> torch.Tensor:
+    """A smooth positive field exp(f) on ``shape``: a random 3x3x3 grid of log gains upsampled trilinearly
+    (a field that varies slowly over the head, as a receive coil gives), ``f`` scaled to ``strength`` std."""
+    knots = torch.from_numpy(rng.standard_normal((1, 1, 3, 3, 3)).astype(np.float32))
+    field = torch.nn.functional.interpolate(knots, size=tuple(shape), mode="trilinear", align_corners=True)[0, 0]
+    return torch.exp(strength * field / field.std().clamp_min(1e-6))
+
+
+def degrade(image: torch.Tensor, brain: torch.Tensor, rng: np.random.Generator, config: AugmentConfig,
+            spacing_zyx: Sequence[float]) -> torch.Tensor:
+    """Clinical degradations of z-scored channels (4, Z, Y, X) in place of a clinical acquisition: per
+    channel, thick slices and/or a bias field, then z-scored again within ``brain`` (as preprocessing does)."""
+    inside = brain > 0.5
+    if not bool(inside.any()):
+        return image
+    out = image.clone()
+    for c in range(image.shape[0]):
+        x = out[c]
+        changed = False
+        if rng.random() < config.bias_prob:
+            # z-scores back to a raw-like positive scale (brain mean about 3.5 standard deviations above 0),
+            # times the field, then normalised again.
+            raw = (x * 1.0 + 3.5).clamp_min(0.0)
+            x = raw * bias_field(x.shape, rng, config.bias_strength)
+            changed = True
+        if rng.random() < config.thick_slice_prob:
+            axis = int(rng.integers(3))
+            thickness = float(rng.uniform(*config.thick_slice_mm))
+            x = thick_slices(x, axis, thickness / float(spacing_zyx[axis]))
+            changed = True
+        if changed:
+            v = x[inside]
+            x = (x - v.mean()) / v.std().clamp_min(1e-6)
+            out[c] = x
+    return out
 
 
 def _crop(arrays: dict[str, np.ndarray], start: Sequence[int], size: Sequence[int]) -> dict[str, np.ndarray]:
@@ -215,6 +282,8 @@ class PatchSampler:
         image, label, brain = (_plain(data[k]) for k in ("image", "label", "brain"))
         if tuple(image.shape[1:]) != c.patch:  # no affine resampling: centre-crop the margin away
             image, label, brain = (_centre_crop(t, c.patch) for t in (image, label, brain))
+        if c.thick_slice_prob > 0 or c.bias_prob > 0:
+            image = degrade(image.float(), brain[0], rng, c, case.spacing_zyx)
         image = image * (brain > 0.5) * torch.from_numpy(case.present)[:, None, None, None]
         keep = choose_subset(rng, case.present, c.modality_dropout, c.common_subset_prob)
         labels = label[0].round().clamp(0, 3).to(torch.uint8)

@@ -15,8 +15,11 @@ from MTSSTrainingLib.runconfig import TrainConfig
 from MTSSTrainingLib.transforms import (
     AugmentConfig,
     PatchSampler,
+    bias_field,
     choose_subset,
+    degrade,
     network_inputs,
+    thick_slices,
 )
 
 from .cohort import one_thread, write_fake_case  # noqa: F401  (autouse)
@@ -181,6 +184,43 @@ def test_patch_sampler_is_deterministic_and_respects_missing_modalities():
         assert torch.all(s["image"][2] == 0)  # the missing modality stays zero after augmentation
         assert s["keep"][2] == 0 and s["keep"].sum() >= 1 and torch.all(s["keep"] <= s["present"])
         assert torch.all(s["target"][2] <= s["target"][1]) and torch.all(s["target"][1] <= s["target"][0])
+
+
+def test_thick_slices_blur_only_along_their_axis():
+    x = torch.zeros(24, 24, 24)
+    x[:, :, 12] = 1.0  # a plane across x: thick slices along z leave it alone, along x smear it
+    torch.testing.assert_close(thick_slices(x, 0, 3.0), x, atol=1e-5, rtol=0)
+    smeared = thick_slices(x, 2, 3.0)
+    assert smeared[:, :, 12].max() < 0.6 and smeared[:, :, 10:15].sum() == pytest.approx(x.sum(), rel=0.25)
+    assert torch.equal(thick_slices(x, 1, 1.0), x)  # slices no thicker than the grid: unchanged
+
+
+def test_bias_field_is_smooth_positive_and_scaled():
+    rng = np.random.default_rng(3)
+    f = bias_field((20, 22, 24), rng, 0.3)
+    assert f.shape == (20, 22, 24) and bool((f > 0).all())
+    assert float(torch.log(f).std()) == pytest.approx(0.3, rel=0.05)
+    assert float(torch.diff(torch.log(f), dim=2).abs().max()) < 0.3  # smooth: no jumps between neighbours
+    assert torch.equal(bias_field((4, 4, 4), np.random.default_rng(0), 0.0), torch.ones(4, 4, 4))
+
+
+def test_clinical_degradations_keep_channels_z_scored_in_the_brain_and_change_them():
+    case = _cached_case()
+    image = torch.from_numpy(np.asarray(case.image, dtype=np.float32))
+    brain = torch.from_numpy(case.brain)
+    config = AugmentConfig(patch=(16, 16, 16), thick_slice_prob=1.0, bias_prob=1.0, thick_slice_mm=(8.0, 12.0))
+    out = degrade(image, brain, np.random.default_rng(0), config, case.spacing_zyx)
+    for c in (0, 1, 3):
+        v = out[c][brain]
+        assert float(v.mean()) == pytest.approx(0.0, abs=1e-4) and float(v.std()) == pytest.approx(1.0, abs=1e-3)
+        assert not torch.allclose(out[c], image[c], atol=0.05)
+    with pytest.raises(ValueError, match="thick_slice_mm"):
+        AugmentConfig(thick_slice_mm=(6.0, 2.0))
+    with pytest.raises(ValueError, match="bias_prob"):
+        AugmentConfig(bias_prob=1.5)
+    sampler = PatchSampler(AugmentConfig(patch=(16, 16, 16), pos_fraction=1.0, thick_slice_prob=1.0, bias_prob=1.0))
+    s = sampler(case, 5)
+    assert torch.all(s["image"][2] == 0) and torch.isfinite(s["image"]).all()  # the missing modality stays zero
 
 
 def test_modality_dropout_draws_common_subsets():

@@ -96,7 +96,6 @@ def test_metadata_describes_the_case(gli):
     ({"spacing": 0.1}, ["0.1", "mm"]),
     ({"spacing": "fine"}, ["fine"]),
     ({"seed": -1}, ["-1"]),
-    ({"clinical": True}, ["not implemented"]),
 ])
 def test_bad_arguments_name_the_value(kwargs, words):
     args = {"population": "GLI", "seed": 0, "spacing": SPACING, **kwargs}

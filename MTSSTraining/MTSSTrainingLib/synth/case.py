@@ -2,8 +2,9 @@
 
 The pipeline is anatomy (template, per-case deformation, mass effect) -> lesions (shapes and labels) ->
 contrasts (four sequences) -> acquisition. The acquisition here is the BraTS one: every sequence on the
-same skull-stripped 1 mm-frame grid. A clinical acquisition (own grid per series, skull on; issue 8)
-slots in after ``contrasts.render`` and is not implemented yet.
+same skull-stripped 1 mm-frame grid. A clinical acquisition of the case (own grid per series, head
+motion, maybe a skull; issue 8) is drawn from it by :func:`.clinical.acquire`, or in one step by
+:func:`.clinical.generate_clinical_case`.
 
 Random draws come from three streams spawned from ``(seed, population)``: parameters (anatomy, lesions,
 contrast), smooth fields on grids fixed in mm, and voxel noise. Only the last depends on the spacing, so
@@ -85,26 +86,23 @@ def case_rngs(population: str, seed: int) -> tuple[np.random.Generator, ...]:
     return tuple(np.random.default_rng(s) for s in ss.spawn(3))
 
 
-def generate_case(population: str, seed: int, spacing: float = 1.0, clinical: bool = False) -> SynthCase:
+def generate_case(population: str, seed: int, spacing: float = 1.0) -> SynthCase:
     """Generate one synthetic BraTS-like case in memory.
 
     Args:
         population: BraTS population code (GLI, PED, SSA, MEN, MET), case-insensitive.
         seed: non-negative integer; the same (population, seed, spacing) gives identical arrays.
         spacing: voxel size in mm of the 240x240x155 mm BraTS frame (1 = BraTS geometry).
-        clinical: draw a clinical acquisition (own grids, skull on) - not implemented yet (issue 8).
 
     Returns:
-        The case, with float32 images, a uint8 label map, its affine and metadata.
+        The aligned case, with float32 images, a uint8 label map, its affine and metadata (for the same
+        case as a clinical study, see :func:`.clinical.generate_clinical_case`).
 
     Raises:
         InputError: for an unknown population, a negative seed or a spacing out of range.
     """
     code = check_population(population)
     spacing = check_spacing(spacing)
-    if clinical:
-        raise InputError("Clinical acquisitions (--clinical) are not implemented yet; generate BraTS-like "
-                         "cases without it.")
     traits = population_traits(code)
     r_params, r_fields, r_noise = case_rngs(code, seed)
     template = anatomy.load_template()

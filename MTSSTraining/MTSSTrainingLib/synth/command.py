@@ -1,7 +1,7 @@
 """``mtss synth``: write a synthetic five-population BraTS-like cohort.
 
     mtss synth OUT_DIR --cases N [--populations GLI PED SSA MEN MET] [--seed S] [--spacing MM]
-               [--workers K] [--preview]
+               [--workers K] [--preview] [--clinical [--skull-prob P]]
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ OUT_DIR/cohort.json with each case's parameters. The same --seed gives identical
 seeds for training, validation and test cohorts. The data are synthetic: MNI152 anatomy with simulated
 tumours and acquisitions.
 
-example: mtss synth /tmp/cohort --cases 4 --spacing 2 --workers 2 --preview
+With --clinical each case is written as a scanner gives it: every series on its own oblique grid (2-6 mm
+slices), moved by a small head motion, with a bias field, scanner-like int16 intensities and, with
+probability --skull-prob, the skull and scalp; the label map lies on the t1c series' grid. The aligned case
+it was drawn from is kept for scoring in OUT_DIR/<case>/aligned/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz, and
+the drawn parameters (per-series rigid transform aligned -> series in LPS mm, grid, skull, bias) in
+OUT_DIR/<case>/acquisition.json and the case's entry in cohort.json.
+
+examples:
+  mtss synth /tmp/cohort --cases 4 --spacing 2 --workers 2 --preview
+  mtss synth /tmp/clinical --cases 2 --spacing 2 --clinical --skull-prob 0.5
 """
 
 
@@ -42,6 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=f"parallel processes (default 1; this machine has {os.cpu_count()} cores)")
     parser.add_argument("--preview", action="store_true",
                         help="also write OUT_DIR/preview_<POP>.png contact sheets")
+    parser.add_argument("--clinical", action="store_true",
+                        help="write clinical studies (own grid per series, head motion, bias, maybe a skull) "
+                             "with the aligned case in <case>/aligned/")
+    parser.add_argument("--skull-prob", type=float, default=None, metavar="P",
+                        help="with --clinical, probability that a case shows the skull and scalp (default 0.5)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(func=run)
     return parser
@@ -51,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``mtss synth``; 0 on success, 2 on a bad argument or an unwritable folder."""
     from .cohort import write_cohort
 
+    if args.skull_prob is not None and not args.clinical:
+        print("error: --skull-prob applies to clinical studies; add --clinical (or leave --skull-prob out).",
+              file=sys.stderr)
+        return 2
+    skull_prob = 0.5 if args.skull_prob is None else args.skull_prob
     start = time.perf_counter()
 
     tty = sys.stderr.isatty()
@@ -65,14 +84,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         doc = write_cohort(args.out_dir, cases=args.cases, populations=args.populations, seed=args.seed,
-                           spacing=args.spacing, workers=args.workers, preview=args.preview, progress=progress)
+                           spacing=args.spacing, workers=args.workers, preview=args.preview, progress=progress,
+                           clinical=args.clinical, skull_prob=skull_prob)
     except (MTSSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
     n = len(doc["cases"])
     if not args.quiet:
-        print(f"wrote {n} synthetic cases ({', '.join(doc['populations'])}) to {args.out_dir} in {elapsed:.1f} s "
+        kind = "clinical " if args.clinical else ""
+        print(f"wrote {n} synthetic {kind}cases ({', '.join(doc['populations'])}) to {args.out_dir} in {elapsed:.1f} s "
               f"({elapsed / n:.2f} s per case, {args.workers} worker{'s' if args.workers != 1 else ''})")
         for path in doc.get("previews", []):
             print(f"preview: {path}")

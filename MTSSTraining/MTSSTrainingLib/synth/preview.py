@@ -2,7 +2,8 @@
 
 Rows show the axial slice with the largest tumour-core cross-section (or, without labels, the slice with
 the most FLAIR-hyperintense voxels) in radiological convention: anterior up, patient's left on the
-right, as ITK-SNAP and Slicer show BraTS files. Any case folder renders, synthetic or real.
+right, as ITK-SNAP and Slicer show BraTS files. Any case folder renders, synthetic or real. A clinical
+study (series on their own grids) is shown resampled onto an axis-aligned grid around its t1c series.
 """
 
 from __future__ import annotations
@@ -144,6 +145,33 @@ def load_case_folder(folder: str | Path, slice_index: int | None = None) -> Prev
     return PreviewRow(folder.name, images, seg, slice_index)
 
 
+def load_clinical_case_folder(folder: str | Path, slice_index: int | None = None) -> PreviewRow:
+    """Read a case folder whose series lie on their own grids, resampled (as they are, head motion and all)
+    onto an axis-aligned LPS grid covering the t1c series at its in-plane spacing."""
+    import SimpleITK as sitk
+
+    from MTSSSegmenterLib.io import find_case_files
+
+    files, seg_path = find_case_files(folder)
+    ref_image = sitk.ReadImage(str(files.get("t1c", next(iter(files.values())))))
+    extent = np.asarray(ref_image.GetSize()) - 1
+    corners = np.array([ref_image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner * extent])
+                        for corner in np.array(list(np.ndindex(2, 2, 2)))])
+    step = float(min(ref_image.GetSpacing()))
+    lo, hi = corners.min(0), corners.max(0)
+    ref = sitk.Image([int(n) for n in np.ceil((hi - lo) / step).astype(int) + 1], sitk.sitkFloat32)
+    ref.SetSpacing([step] * 3)
+    ref.SetOrigin(lo.tolist())
+
+    def xyz(image: sitk.Image, interpolator: int) -> np.ndarray:
+        out = sitk.Resample(image, ref, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
+        return np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0))
+
+    images = {code: xyz(sitk.ReadImage(str(path)), sitk.sitkLinear) for code, path in files.items()}
+    seg = xyz(sitk.ReadImage(str(seg_path)), sitk.sitkNearestNeighbor).astype(np.uint8) if seg_path else None
+    return PreviewRow(f"{Path(folder).name} (clinical)", images, seg, slice_index)
+
+
 def render_case_folder(folder: str | Path, out_png: str | Path, slice_index: int | None = None,
                        title: str = "") -> Path:
     """Contact sheet of one case folder (synthetic or real) in the same layout as the cohort sheets."""
@@ -159,7 +187,8 @@ def cohort_sheets(out_dir: str | Path, cases: list[dict], max_rows: int = MAX_RO
         by_pop.setdefault(entry["population"], []).append(entry)
     written = []
     for pop, entries in by_pop.items():
-        rows = [load_case_folder(out_dir / e["case"]) for e in entries[:max_rows]]
+        rows = [(load_clinical_case_folder if "acquisition" in e else load_case_folder)(out_dir / e["case"])
+                for e in entries[:max_rows]]
         written.append(render_rows(rows, out_dir / f"preview_{pop}.png", f"synthetic {pop}"))
         logger.info("preview written: %s", written[-1])
     return written
