@@ -30,12 +30,36 @@ import SimpleITK as sitk
 from MTSSSegmenterLib.io import find_case_files, read_image
 from MTSSSegmenterLib.overlay import render_overlay
 from MTSSSegmenterLib.pipeline import segment
+from MTSSSegmenterLib.registration import transform_from_summary
 from MTSSTrainingLib.clinical_acquisition import clinical_acquisition, synthetic_head, transform_from_params
 
 
 def wt_dice(a: sitk.Image, b: sitk.Image) -> float:
     x, y = sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0
     return float(2 * np.count_nonzero(x & y) / max(np.count_nonzero(x) + np.count_nonzero(y), 1))
+
+
+def registration_errors(found: dict | str | None, params: dict, brain: sitk.Image) -> dict[str, float]:
+    """Worst error (mm) over brain points of each series' registration against the drawn motions.
+
+    The reference (t1c) series sits at ``T_t(p)``, series ``c`` at ``T_c(p)``, for a point ``p`` of the
+    aligned case; the registration reports reference -> series, which should be ``T_c(T_t^-1(q))``.
+    """
+    if not isinstance(found, dict):
+        return {}
+    ref = transform_from_params(params["series"]["t1c"])
+    arr = sitk.GetArrayViewFromImage(brain) > 0
+    idx = np.argwhere(arr)[:: max(1, int(arr.sum()) // 2000)]
+    points = [ref.TransformPoint(brain.TransformIndexToPhysicalPoint([int(i) for i in z[::-1]])) for z in idx]
+    out = {}
+    for code, entry in found.items():
+        true = transform_from_params(params["series"][code])
+        inverse_ref = ref.GetInverse()
+        reg = transform_from_summary(entry)
+        err = [np.linalg.norm(np.subtract(reg.TransformPoint(q), true.TransformPoint(inverse_ref.TransformPoint(q))))
+               for q in points]
+        out[code] = round(float(max(err)), 2)
+    return out
 
 
 def check_case(folder: Path, model: str, draws: int, seed: int, out: Path, overlay: bool) -> list[dict]:
@@ -70,6 +94,7 @@ def check_case(folder: Path, model: str, draws: int, seed: int, out: Path, overl
                "volume_ratio": round(v1 / v0, 3) if v0 > 0 else None,
                "wt_dice_physical": round(wt_dice(back, aligned.label), 3),
                "skull_detected": clin.details.get("skull_detected"),
+               "registration_worst_error_mm": registration_errors(clin.details.get("registration"), params, brain),
                "registration": clin.details.get("registration"),
                "warnings": clin.warnings, "seconds_aligned": round(t_aligned, 2), "seconds_clinical": round(t_clin, 2)}
         if truth is not None:
@@ -87,14 +112,15 @@ def check_case(folder: Path, model: str, draws: int, seed: int, out: Path, overl
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| case | draw | skull | slices (mm) | WT aligned (mL) | WT clinical (mL) | ratio | WT Dice (physical) "
-             "| Dice vs truth: aligned / clinical |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | draw | skull | slices (mm) | registration worst error (mm) | WT aligned (mL) | WT clinical (mL) "
+             "| ratio | WT Dice (physical) | Dice vs truth: aligned / clinical |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         truth = (f"{r['wt_dice_truth_aligned']:.3f} / {r['wt_dice_truth_clinical']:.3f}"
                  if "wt_dice_truth_aligned" in r else "–")
         sl = "/".join(f"{v:.1f}" for v in r["slice_mm"].values())
         ratio = "–" if r["volume_ratio"] is None else f"{r['volume_ratio']:.3f}"
-        lines.append(f"| {r['case']} | {r['draw']} | {'on' if r['skull'] else 'off'} | {sl} | {r['wt_ml_aligned']:.1f} "
+        reg = "/".join(f"{v:.1f}" for v in r["registration_worst_error_mm"].values()) or "–"
+        lines.append(f"| {r['case']} | {r['draw']} | {'on' if r['skull'] else 'off'} | {sl} | {reg} | {r['wt_ml_aligned']:.1f} "
                      f"| {r['wt_ml_clinical']:.1f} | {ratio} | {r['wt_dice_physical']:.3f} | {truth} |")
     return "\n".join(lines)
 

@@ -32,18 +32,18 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parents[1] / "MTSSTrainingLib" / "configs"
 
 # Steps in order; ``--only`` runs a subset (two processes can share the work: see the README).
-STEPS = ("synth", "teacher-base", "teachers", "joint", "student", "ablation", "evaluate", "install")
+STEPS = ("synth", "teacher-base", "teachers", "joint", "student", "joint-continued", "ablation", "evaluate", "install")
 
 PROFILES = {
     # A 2-core CPU in about 1.5 hours when two processes of one thread each share the steps
     # (``--only teacher-base,teachers,student`` beside ``--only joint,ablation --wait``).
     "cpu": {"cases": 24, "test_cases": 6, "synth_spacing": 2.0, "spacing": 3.0, "patch": 48, "batch": 2, "lr": 2e-3,
             "teacher": "teacher_cpu", "student": "student_default", "teacher_base_steps": (8, 125),
-            "teacher_steps": (1, 150), "joint_steps": (8, 110), "student_steps": (8, 110),
+            "teacher_steps": (1, 150), "joint_steps": (8, 110), "student_steps": (4, 110), "student_init": "joint",
             "ablation_steps": (1, 150), "ablation_init": "joint", "clinical_augment": 0.3, "amp": False},
     "gpu": {"cases": 200, "test_cases": 20, "synth_spacing": 1.0, "spacing": 1.5, "patch": 128, "batch": 2, "lr": 1e-3,
             "teacher": "teacher_resunet", "student": "student_default", "teacher_base_steps": None,
-            "teacher_steps": (20, 100), "joint_steps": (40, 100), "student_steps": (60, 100),
+            "teacher_steps": (20, 100), "joint_steps": (40, 100), "student_steps": (60, 100), "student_init": None,
             "ablation_steps": (20, 100), "ablation_init": None, "clinical_augment": 0.3, "amp": True},
 }
 
@@ -156,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
     student = runs / "student"
 
-    student_init = ["--init", joint] if p["joint_steps"] is None else []
+    # On the CPU budget, distilling the student from scratch with all five KD terms collapsed (constant
+    # outputs, validation Dice 0 from the third epoch), so it starts from the joint baseline's weights; the
+    # fair comparison is then the joint baseline trained for the same extra steps without distillation
+    # ("joint-continued").
+    student_init = ["--init", joint] if p["joint_steps"] is None or p["student_init"] == "joint" else []
+    continued = runs / "joint-continued"
 
     def distil(run: Path, kd: tuple[str, ...], steps: tuple[int, int], init: list[object]) -> None:
         resume = ["--resume"] if (run / "run.json").is_file() else []
@@ -167,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     if "student" in only and not done(student):
         wait_for(list(teachers.values()) + ([joint] if student_init else []), args.wait)
         step("student", lambda: distil(student, KD_TERMS, p["student_steps"], student_init))
+    if p["student_init"] == "joint" and "joint-continued" in only and not done(continued):
+        wait_for([joint], args.wait)
+        resume = ["--resume"] if (continued / "run.json").is_file() else []
+        step("joint_continued", lambda: mtss(
+            "train-joint", train, "-o", continued, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
+            "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"], "--name", "joint-continued",
+            "--init", joint, *resume, *train_opts(p, p["student_steps"], args.device), log=log))
     # The ablation: one run with every KD term and one without each, all with the same budget (and, on the
     # CPU profile, all fine-tuned from the joint baseline, so that they differ only in the KD terms).
     ablations = []
@@ -174,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         ablation_init = ["--init", joint] if p["ablation_init"] == "joint" else []
         variants = {"student-ablation-all": KD_TERMS}
         variants.update({f"student-without-{t}": tuple(k for k in KD_TERMS if k != t) for t in KD_TERMS})
+        variants["student-without-kd"] = ()  # ground truth only: the same fine-tuning without any teacher
         for name, kd in variants.items():
             run = runs / name
             ablations.append(run)
@@ -185,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     reports = w / "reports"
     if "evaluate" in only:
-        wait_for([student, joint, *teachers.values(), *ablations], args.wait)
-    models = list(dict.fromkeys([student, joint] + [teachers[pop] for pop in POPULATIONS] + ablations))
+        wait_for([student, joint, *teachers.values(), *ablations] + ([continued] if p["student_init"] == "joint" else []),
+                 args.wait)
+    controls = [continued] if p["student_init"] == "joint" else []
+    models = list(dict.fromkeys([student, joint, *controls] + [teachers[pop] for pop in POPULATIONS] + ablations))
     model_args = [a for m in models for a in ("--model", m)]
     if "evaluate" in only:
         step("evaluate", lambda: mtss("evaluate", test, *model_args, "--ensemble", *teacher_args, "-o", reports / "all",
