@@ -15,8 +15,19 @@ def _canonical(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")).astype(np.float32)
 
 
-def render_overlay(image: sitk.Image, label: sitk.Image | None, path: str | Path, title: str = "") -> Path:
-    """Write a PNG with three orthogonal slices through the label's centre (or the image centre)."""
+def largest_component_centre(lab: np.ndarray) -> np.ndarray:
+    """(z, y, x) index of the centre of the largest 26-connected labelled component of ``lab``."""
+    from scipy import ndimage
+
+    comps, n = ndimage.label(lab > 0, structure=np.ones((3, 3, 3)))
+    biggest = int(np.argmax(np.bincount(comps.ravel())[1:])) + 1
+    return np.round(np.argwhere(comps == biggest).mean(0)).astype(int)
+
+
+def render_overlay(image: sitk.Image, label: sitk.Image | None, path: str | Path, title: str = "",
+                   centre_zyx: tuple[int, int, int] | None = None) -> Path:
+    """Write a PNG with three orthogonal slices through ``centre_zyx`` (an index of the image in LPS order),
+    by default the centre of the label's largest connected component (or the image centre)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,8 +40,10 @@ def render_overlay(image: sitk.Image, label: sitk.Image | None, path: str | Path
         lab = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.Resample(label, image, sitk.Transform(),
                                                                     sitk.sitkNearestNeighbor), "LPS"))
     centre = np.array(img.shape) // 2
-    if lab is not None and lab.any():
-        centre = np.round(np.argwhere(lab > 0).mean(0)).astype(int)
+    if centre_zyx is not None:
+        centre = np.clip(np.asarray(centre_zyx, dtype=int), 0, np.array(img.shape) - 1)
+    elif lab is not None and lab.any():
+        centre = largest_component_centre(lab)
     sp = np.asarray(sitk.DICOMOrient(image, "LPS").GetSpacing())[::-1]  # z, y, x
     lo, hi = np.percentile(img[img > img.min()], [1, 99]) if (img > img.min()).any() else (0, 1)
     cmap = ListedColormap([(0, 0, 0, 0)] + [(*lab_.color, 0.55) for lab_ in LABELS])

@@ -38,6 +38,12 @@ def mean(summary: dict, model: str, pop: str | None, region: str, key: str = "di
     return v["mean"] if isinstance(v, dict) else v
 
 
+def subset_dice(block: dict, region: str) -> float:
+    """Macro Dice of one region from one model's summary block (a number, or {"mean": ...})."""
+    v = block["macro"][region]["dice"]
+    return v["mean"] if isinstance(v, dict) else v
+
+
 def fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -54,7 +60,8 @@ def real_case(student: Path, out_png: Path) -> list[str]:
         return [f"The real case was not found at {REAL}; skipped."]
     r = segment_folder(REAL, model=str(student), device="cpu")
     flair = sitk.ReadImage(str(REAL / "BraTS-GLI-00001-000-t2f.nii.gz"))
-    render_overlay(flair, r.label, out_png, "Real BraTS-GLI-00001-000 (FLAIR) segmented by the default student")
+    render_overlay(flair, r.label, out_png, "Real BraTS-GLI-00001-000 (FLAIR) segmented by the default student: "
+                   "largest component")
     lab = sitk.DICOMOrient(r.label, "LPS")
     arr = sitk.GetArrayFromImage(lab) > 0  # z, y, x in LPS
     comps, n = ndimage.label(arr, structure=np.ones((3, 3, 3)))
@@ -78,6 +85,10 @@ def real_case(student: Path, out_png: Path) -> list[str]:
                      f"{abs(d[1]):.0f} mm {ap} of the brain centre, in third {third} of 3 of the axial slices "
                      "(the visible tumour is a large left posterior glioma around the occipital horn, in the "
                      "middle third).")
+        if n > 1:  # the second largest component too, so that both are seen
+            second = np.round(np.argwhere(comps == order[1] + 1).mean(0)).astype(int)
+            render_overlay(flair, r.label, out_png.with_name(out_png.stem + "_2.png"),
+                           "Real BraTS-GLI-00001-000: second largest component", centre_zyx=tuple(second))
         others = sorted((float(sizes[i]) for i in order[1:]), reverse=True)
         lines.append("Other components: " + (", ".join(f"{v:.2f}" for v in others[:8]) + " mL"
                                                if others else "none") + ".")
@@ -90,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", required=True, type=Path)
     ap.add_argument("--benchmark", type=Path, help="JSON written by `mtss benchmark -o`")
     ap.add_argument("--clinical", type=Path, help="folder written by clinical_check.py for this bundle")
+    ap.add_argument("--notes", type=Path, help="a Markdown file appended after the real case (what was seen by eye)")
     args = ap.parse_args(argv)
     w, b = args.work, args.bundle
     rep = json.loads((w / "reports" / "all" / "report.json").read_text())
     summary = rep["summary"]
-    names = {Path(m["source"]).name: k for k, m in rep["models"].items()}
+    # Run-folder name -> model key; an ensemble records its first member's folder as its source, so it is
+    # left out here (it is found by its role below).
+    names = {Path(m["source"]).name: k for k, m in rep["models"].items() if m.get("role") != "ensemble"}
     student = names.get("student")
     joint = names.get("joint") or names.get("teacher-base")
     continued = names.get("joint-continued")
@@ -122,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
           "steps without teachers. The joint baselines and the student draw clinical degradations (thick "
           "slices, bias fields) on 30 % of their series.", ""]
     L += [f"Test cohort: {rep['n_cases']} synthetic cases (seed 2000, 6 per population, never seen in training). "
-          f"Training wall-clock per step of the recipe (s): `{json.dumps(timings)}`.", ""]
+          f"Wall-clock seconds of each step of the recipe (two one-thread processes sharing the 2 cores): `{json.dumps(timings)}`.", ""]
     L += ["## Dice per population (four inputs)", "",
           "| population | region | student | joint baseline | joint continued | own teacher | teacher ensemble |",
           "|---|---|---|---|---|---|---|"]
@@ -146,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
           "| all four | " + " | ".join(fmt(mean(summary, student, None, r)) for r in REGIONS) + " |"]
     for sub, s in subsets.items():
         L.append(f"| {sub.replace('t1c', 'T1c').replace('t2f', 'FLAIR')} | " + " | ".join(
-            fmt(s["macro"][r]["dice"]["mean"] if isinstance(s["macro"][r]["dice"], dict) else s["macro"][r]["dice"])
-            for r in REGIONS) + " |")
+            fmt(subset_dice(s, r)) for r in REGIONS) + " |")
     # targets
     L += ["", "## Targets of the default-model issue", "", "| target | measured | met |", "|---|---|---|"]
     for pop in POPULATIONS:
@@ -161,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         L.append(f"| macro {reg} ≥ {goal:.2f} | {v:.3f} | {'yes' if v >= goal else 'no'} |")
     if "t1c+t2f" in subsets:
         s = subsets["t1c+t2f"]
-        worst = max((mean(summary, student, None, r) or 0) - s["macro"][r]["dice"]["mean"] for r in REGIONS)
+        worst = max((mean(summary, student, None, r) or 0) - subset_dice(s, r) for r in REGIONS)
         L.append(f"| FLAIR+T1c within 0.03 of all four (worst region) | {worst:+.3f} | {'yes' if worst <= 0.03 else 'no'} |")
     figures = [f for f in rep.get("figures", []) if f.endswith(".png")]
     for f in figures[:3]:
@@ -171,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     L += ["", "## Real MRI: BraTS-GLI-00001-000 (no labels; looked at, not scored)", ""]
     L += real_case(b if (b / "model.json").is_file() else w / "runs" / "student", b / "real_case_overlay.png")
     L += ["", "![real case](real_case_overlay.png)"]
+    if (b / "real_case_overlay_2.png").is_file():
+        L += ["", "![real case, second component](real_case_overlay_2.png)"]
+    if args.notes and args.notes.is_file():
+        L += ["", args.notes.read_text().strip()]
     if args.benchmark and args.benchmark.is_file():
         from MTSSTrainingLib.benchmark import table
 
