@@ -2,11 +2,17 @@
 """Train the default MTSS student from scratch: synthetic cohort -> five teachers -> joint baseline ->
 distilled student (all KD terms) -> evaluation -> bundle in the segmenter's package data.
 
-Anyone can rerun it. Two profiles:
+Anyone can rerun it. Three profiles:
 
 * ``--profile gpu``: the full recipe for a CUDA GPU (1.5 mm working spacing, large teachers, many steps).
-* ``--profile cpu``: what fits a 2-core CPU in about an hour (3 mm working spacing, small networks, few
-  steps). The bundle shipped today was made with this profile, because the session that made it had no GPU.
+* ``--profile cpu``: what fits a 2-core CPU in about 1.5 hours with two processes sharing the steps (3 mm
+  working spacing, small networks, about a thousand steps per network). The bundle shipped today was made
+  with it: no GPU was lent to the sessions that made it.
+* ``--profile tiny``: every step for a few seconds, for the test suite.
+
+The student starts from the joint baseline's weights (distilling it from scratch with all five KD terms
+collapsed to constant outputs on the CPU budget); ``joint-continued`` trains the joint baseline for the
+same extra steps without teachers, the fair comparison.
 
 Usage::
 
@@ -43,8 +49,13 @@ PROFILES = {
             "ablation_steps": (1, 150), "ablation_init": "joint", "clinical_augment": 0.3, "amp": False},
     "gpu": {"cases": 200, "test_cases": 20, "synth_spacing": 1.0, "spacing": 1.5, "patch": 128, "batch": 2, "lr": 1e-3,
             "teacher": "teacher_resunet", "student": "student_default", "teacher_base_steps": None,
-            "teacher_steps": (20, 100), "joint_steps": (40, 100), "student_steps": (60, 100), "student_init": None,
+            "teacher_steps": (20, 100), "joint_steps": (40, 100), "student_steps": (30, 100), "student_init": "joint",
             "ablation_steps": (20, 100), "ablation_init": None, "clinical_augment": 0.3, "amp": True},
+    # Every step for a few seconds each: the test suite runs the whole recipe with it.
+    "tiny": {"cases": 2, "test_cases": 1, "synth_spacing": 4.0, "spacing": 4.0, "patch": 16, "batch": 1, "lr": 1e-3,
+             "teacher": "tiny", "student": "tiny", "teacher_base_steps": (1, 2), "teacher_steps": (1, 1),
+             "joint_steps": (1, 2), "student_steps": (1, 1), "student_init": "joint", "ablation_steps": (1, 1),
+             "ablation_init": "joint", "clinical_augment": 0.3, "amp": False},
 }
 
 

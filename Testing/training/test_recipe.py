@@ -1,0 +1,76 @@
+"""The default model's recipe, end to end on the ``tiny`` profile: every step runs and the report is written.
+
+``train_default.py`` and ``default_report.py`` are what a user with a GPU reruns to make the shipped
+student; this runs the same code with a few steps per network on a few 4 mm cases (no ``--install``: the
+shipped bundle is left alone).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "MTSSTraining" / "Resources" / "Scripts"
+POPULATIONS = ("GLI", "PED", "SSA", "MEN", "MET")
+TERMS = ("output", "latent", "barlow", "region", "attention", "kd")
+
+
+def run(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=1500,
+                          check=False)
+
+
+@pytest.mark.slow
+def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
+    work = tmp_path / "work"
+    p = run(SCRIPTS / "train_default.py", "--work", work, "--profile", "tiny", "--device", "cpu", "--ablation",
+            cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    runs = work / "runs"
+    expected = ["teacher-base", "joint", "joint-continued", "student", *(f"teacher-{pop}" for pop in POPULATIONS),
+                "student-ablation-all", *(f"student-without-{t}" for t in TERMS)]
+    for name in expected:
+        assert (runs / name / "model.json").is_file() and (runs / name / "model.safetensors").is_file(), name
+    student_meta = json.loads((runs / "student" / "model.json").read_text())
+    assert student_meta["training"]["init_from"]["name"] == "joint"  # the student starts from the joint baseline
+    assert json.loads((runs / "joint-continued" / "model.json").read_text())["training"]["init_from"]["name"] == "joint"
+    report = json.loads((work / "reports" / "all" / "report.json").read_text())
+    roles = [m["role"] for m in report["models"].values()]
+    # every run but the teacher base (the teachers' starting point), plus the teacher ensemble
+    assert roles.count("ensemble") == 1 and len(report["models"]) == len(expected) - 1 + 1
+    for subset in ("t1c+t2f", "t1c", "t2f"):
+        assert (work / "reports" / subset / "report.json").is_file()
+    timings = json.loads((work / "timings.json").read_text())
+    assert {"synth", "teacher_base", "joint", "student", "joint_continued", "evaluate"} <= set(timings)
+    # A rerun skips every finished step (and still evaluates).
+    again = run(SCRIPTS / "train_default.py", "--work", work, "--profile", "tiny", "--device", "cpu",
+                "--only", "teacher-base,teachers,joint,student", cwd=tmp_path)
+    assert again.returncode == 0 and "$ mtss" not in again.stdout, again.stdout[-2000:]
+    # The report, into a copy of the student bundle.
+    bundle = tmp_path / "bundle"
+    shutil.copytree(runs / "student", bundle, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    notes = tmp_path / "notes.md"
+    notes.write_text("Seen by eye: nothing.")
+    r = run(SCRIPTS / "default_report.py", "--work", work, "--bundle", bundle, "--notes", notes, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = (bundle / "report.md").read_text()
+    for heading in ("## Dice per population", "## Student with missing modalities", "## Targets",
+                    "## Ablation: one KD term removed at a time", "Seen by eye: nothing."):
+        assert heading in text, heading
+    assert "| macro | WT |" in text and "no KD term (ground truth only)" in text
+    assert "synthetic test macro Dice" in json.loads((bundle / "model.json").read_text())["metrics"]["summary"]
+
+
+def test_unknown_step_is_refused(tmp_path):
+    p = run(SCRIPTS / "train_default.py", "--work", tmp_path, "--only", "teachers,bogus", cwd=tmp_path)
+    assert p.returncode == 2 and "unknown step(s) bogus" in p.stderr
+
+
+def test_missing_prerequisite_names_the_run_without_wait(tmp_path):
+    p = run(SCRIPTS / "train_default.py", "--work", tmp_path, "--profile", "tiny", "--only", "student", cwd=tmp_path)
+    assert p.returncode != 0 and "not finished yet" in (p.stdout + p.stderr) and "--wait" in (p.stdout + p.stderr)
