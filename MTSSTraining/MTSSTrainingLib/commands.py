@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from MTSSSegmenterLib.errors import Cancelled, MTSSError
+from MTSSSegmenterLib.errors import Cancelled, InputError, MTSSError
 
 DEFAULT_NETWORKS = {"train-teacher": "teacher_resunet", "train-joint": "student_small", "distill": "student_small"}
 DEFAULT_DROPOUT = {"train-teacher": 0.0, "train-joint": 0.5, "distill": 0.5}
@@ -174,8 +174,6 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
 
 
 def _clinical_augment(p: float) -> dict[str, Any]:
-    from MTSSSegmenterLib.errors import InputError
-
     if not 0.0 <= p <= 1.0:
         raise InputError(f"--clinical-augment is a probability in [0, 1], got {p}.")
     return {"thick_slice_prob": p, "bias_prob": p} if p > 0 else {}
