@@ -58,10 +58,53 @@ def _window_batch(device: torch.device, roi: Sequence[int], channels: int) -> in
     return int(max(1, min(8, free * 0.5 // per_window)))
 
 
+def _starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Window starts along one axis: a step of roi * (1 - overlap), the last window flush with the end."""
+    if roi >= size:
+        return [0]
+    step = max(1, int(roi * (1.0 - overlap)))
+    starts = list(range(0, size - roi, step))
+    return starts + [size - roi]
+
+
+def gaussian_importance(roi: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """Window weights: a Gaussian of sigma ``sigma_scale * roi`` per axis, peak 1 (MONAI's "gaussian" mode)."""
+    w = torch.ones(())
+    for r in roi:
+        c = torch.arange(r, dtype=torch.float32) - (r - 1) / 2.0
+        w = w[..., None] * torch.exp(-0.5 * (c / (sigma_scale * r)) ** 2)
+    return w.clamp_min(1e-3)
+
+
+def sliding_window(x: torch.Tensor, roi: Sequence[int], network: Callable[[torch.Tensor], torch.Tensor],
+                   overlap: float = 0.25, batch: int = 1, progress: Progress | None = None) -> torch.Tensor:
+    """Gaussian-weighted sliding-window inference over (B, C, *S), ``batch`` windows per forward pass.
+
+    Plain torch (MONAI's ``sliding_window_inference`` does the same, but importing MONAI costs seconds).
+    """
+    spatial = x.shape[2:]
+    grid = [_starts(s, r, overlap) for s, r in zip(spatial, roi)]
+    corners = [(a, b, c) for a in grid[0] for b in grid[1] for c in grid[2]]
+    weight = gaussian_importance(roi).to(x.device)
+    out = norm = None
+    for i in range(0, len(corners), batch):
+        chunk = corners[i:i + batch]
+        windows = [tuple(slice(c, c + r) for c, r in zip(corner, roi)) for corner in chunk]
+        pred = network(torch.cat([x[(slice(None), slice(None)) + w] for w in windows])).float()
+        if out is None:
+            out = torch.zeros((x.shape[0], pred.shape[1], *spatial), device=x.device)
+            norm = torch.zeros(spatial, device=x.device)
+        for j, w in enumerate(windows):
+            out[(slice(None), slice(None)) + w] += pred[j * x.shape[0]:(j + 1) * x.shape[0]] * weight
+            norm[w] += weight
+        if progress:
+            progress("segmenting", min(1.0, (i + len(chunk)) / len(corners)))
+    assert out is not None and norm is not None
+    return out / norm
+
+
 def _run(network: nn.Module, x: torch.Tensor, roi: Sequence[int], overlap: float, batch: int,
          device: torch.device, amp: bool, divisor: int, progress: Progress | None) -> torch.Tensor:
-    from monai.inferers import sliding_window_inference
-
     x = x.to(device)
     xp, crop = pad_to_multiple(x, divisor)
     roi = [min(int(r), s) for r, s in zip(roi, xp.shape[2:])]
@@ -72,8 +115,7 @@ def _run(network: nn.Module, x: torch.Tensor, roi: Sequence[int], overlap: float
         if all(r >= s for r, s in zip(roi, xp.shape[2:])):
             out = network(xp)
         else:
-            out = sliding_window_inference(xp, roi, batch, network, overlap=overlap, mode="gaussian",
-                                           progress=False, sw_device=device, device=device)
+            out = sliding_window(xp, roi, network, overlap=overlap, batch=batch)
     out = out[crop].float()
     if progress:
         progress("segmenting", 1.0)

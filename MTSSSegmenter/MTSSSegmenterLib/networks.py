@@ -43,33 +43,39 @@ class SegNetwork(nn.Module):
 
 
 class ResUNet(SegNetwork):
-    """Residual U-Net (nnU-Net style) on MONAI's DynUNet blocks, with deep supervision and features.
+    """Residual U-Net (nnU-Net style) with deep supervision and features, on MONAI's DynUNet blocks or their
+    plain-torch twins in :mod:`.blocks` (the default where they apply: same parameters, no MONAI import).
 
     Input ``(B, in_channels, *S)`` with every ``S`` a multiple of ``config.divisor``.
     """
 
-    def __init__(self, config: NetworkConfig) -> None:
+    def __init__(self, config: NetworkConfig, use_monai: bool | None = None) -> None:
         super().__init__()
-        from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, UnetUpBlock
-
         self.config = config
         ch = config.channels
         norm = config.norm
         drop = config.dropout or None
-        self.encoders = nn.ModuleList(
-            UnetResBlock(3, config.in_channels if i == 0 else ch[i - 1], c, kernel_size=3,
-                         stride=1 if i == 0 else 2, norm_name=norm, dropout=drop)
-            for i, c in enumerate(ch)
-        )
-        self.decoders = nn.ModuleList(
-            UnetUpBlock(3, ch[i + 1], ch[i], kernel_size=3, stride=1, upsample_kernel_size=2,
-                        norm_name=norm, dropout=drop)
-            for i in range(len(ch) - 1)
-        )
-        self.head = UnetOutBlock(3, ch[0], config.out_channels)
-        self.aux_heads = nn.ModuleList(
-            UnetOutBlock(3, ch[i + 1], config.out_channels) for i in range(config.deep_supervision)
-        )
+        cin = [config.in_channels] + list(ch[:-1])
+        if use_monai is None:  # MONAI's blocks only where the plain-torch ones do not cover the configuration
+            use_monai = not (norm == "instance" and drop is None)
+        if use_monai:
+            from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, UnetUpBlock
+
+            encoders = [UnetResBlock(3, cin[i], c, kernel_size=3, stride=1 if i == 0 else 2, norm_name=norm,
+                                     dropout=drop) for i, c in enumerate(ch)]
+            decoders = [UnetUpBlock(3, ch[i + 1], ch[i], kernel_size=3, stride=1, upsample_kernel_size=2,
+                                    norm_name=norm, dropout=drop) for i in range(len(ch) - 1)]
+            heads = [UnetOutBlock(3, c, config.out_channels) for c in [ch[0]] + list(ch[1:config.deep_supervision + 1])]
+        else:
+            from .blocks import OutBlock, ResBlock, UpBlock
+
+            encoders = [ResBlock(cin[i], c, stride=1 if i == 0 else 2) for i, c in enumerate(ch)]
+            decoders = [UpBlock(ch[i + 1], ch[i]) for i in range(len(ch) - 1)]
+            heads = [OutBlock(c, config.out_channels) for c in [ch[0]] + list(ch[1:config.deep_supervision + 1])]
+        self.encoders = nn.ModuleList(encoders)
+        self.decoders = nn.ModuleList(decoders)
+        self.head = heads[0]
+        self.aux_heads = nn.ModuleList(heads[1:])
         n = len(ch)
         self.feature_channels = {f"enc{i}": ch[i] for i in range(n - 1)}
         self.feature_channels["bottleneck"] = ch[-1]

@@ -58,7 +58,7 @@ def gflops_per_patch(network: torch.nn.Module, in_channels: int, size: int = 128
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, in_channels, size, size, size)
+    x = torch.zeros(1, in_channels, size, size, size, device=next(network.parameters()).device)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         network.eval()(x)

@@ -92,6 +92,9 @@ def _training_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--init", metavar="BUNDLE", default=None, help="start from this bundle's weights (fine-tuning)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes per training process")
+    p.add_argument("--time-limit", dest="time_limit_min", type=float, default=None, metavar="MIN",
+                   help="wall-clock budget in minutes: the learning-rate schedule follows whichever of steps and "
+                        "time is further along, and training stops once it is spent (the epoch is saved)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of each population held out for validation")
     p.add_argument("--spacing", type=float, default=1.0, help="working spacing in mm")
     p.add_argument("--mapping", metavar="JSON", default=None,
@@ -169,7 +172,7 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
                        steps_per_epoch=args.steps_per_epoch, patch=tuple(args.patch), batch=args.batch, lr=args.lr,
                        schedule=args.schedule, device=args.device, amp=args.amp, seed=args.seed, workers=args.workers,
                        val_fraction=args.val_fraction, spacing=args.spacing, mapping=args.mapping, init=args.init,
-                       cache_gb=args.cache_gb, modality_dropout=dropout, name=args.name, val_subsets=subsets,
+                       cache_gb=args.cache_gb, time_limit_min=args.time_limit_min, modality_dropout=dropout, name=args.name, val_subsets=subsets,
                        augment=_clinical_augment(args.clinical_augment), **extra)
 
 

@@ -20,7 +20,7 @@ from MTSSSegmenterLib.networks import NetworkConfig
 
 COMMANDS = ("train-teacher", "train-joint", "distill")
 SCHEDULES = ("cosine", "poly")
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "cache_gb")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "cache_gb", "time_limit_min")
 
 
 def shipped_configs() -> list[str]:
@@ -79,6 +79,9 @@ class TrainConfig:
     mapping: str | None = None
     init: str | None = None
     cache_gb: float | None = None
+    # Wall-clock budget (minutes, all sessions of the run together): the schedule runs on whichever is further
+    # along, steps or time, and training ends after the step that reaches it (that epoch is validated and saved).
+    time_limit_min: float | None = None
     modality_dropout: float = 0.0
     augment: dict[str, Any] = field(default_factory=dict)
     val_subsets: list[list[str]] = field(default_factory=list)
@@ -108,6 +111,8 @@ class TrainConfig:
             raise InputError(f"--patch must be one or three sizes of at least 8 voxels, got {list(self.patch)}.")
         if not self.lr > 0:
             raise InputError(f"--lr must be positive, got {self.lr}.")
+        if self.time_limit_min is not None and not self.time_limit_min > 0:
+            raise InputError(f"--time-limit must be positive (minutes), got {self.time_limit_min}.")
         if not self.spacing > 0:
             raise InputError(f"--spacing must be positive (mm), got {self.spacing}.")
         if self.schedule not in SCHEDULES:

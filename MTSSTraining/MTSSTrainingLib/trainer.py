@@ -256,10 +256,12 @@ class Trainer:
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         start_epoch, global_step, best = 0, 0, {"value": -math.inf, "epoch": None}
+        elapsed_before = 0.0  # seconds of training in earlier sessions of this run (for --time-limit)
         last = read_checkpoint_meta(self.ck_dir, "last") if self.resume else None
         if last is not None:
             load_checkpoint(self.ck_dir, "last", module, optimizer)
             start_epoch, global_step = int(last["epoch"]), int(last["global_step"])
+            elapsed_before = float(last.get("elapsed_s", 0.0))
             best = last.get("best", best)
             if best.get("value") is None:
                 best["value"] = -math.inf
@@ -281,9 +283,13 @@ class Trainer:
         warmup = int(c.warmup_fraction * total_steps)
         validation: dict[str, Any] | None = last.get("validation") if last else None
         started = time.monotonic()
+        limit_s = None if c.time_limit_min is None else 60.0 * c.time_limit_min
         steps_this_session = 0
+        out_of_time = limit_s is not None and elapsed_before >= limit_s
         try:
             for epoch in range(start_epoch, c.epochs):
+                if out_of_time:
+                    break
                 seed_everything(sample_seed(c.seed, epoch, d.rank))
                 plan = epoch_plan(by_pop, c.steps_per_epoch * c.batch * d.world, c.seed, epoch)
                 dataset = EpochDataset(cache, plan, sampler, c.seed, epoch)
@@ -294,8 +300,12 @@ class Trainer:
                 sums: dict[str, float] = {}
                 n_steps = 0
                 for batch in loader:
+                    elapsed = elapsed_before + time.monotonic() - started
+                    # with a time budget the schedule follows steps or time, whichever is further along
+                    position = global_step if limit_s is None else max(global_step,
+                                                                       int(total_steps * elapsed / limit_s))
                     for g in optimizer.param_groups:
-                        g["lr"] = c.lr * lr_factor(global_step, total_steps, warmup, c.schedule)
+                        g["lr"] = c.lr * lr_factor(position, total_steps, warmup, c.schedule)
                     batch = {k: (v.to(d.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                              for k, v in batch.items()}
                     with torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -315,10 +325,18 @@ class Trainer:
                     for k, v in terms.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     rate = (time.monotonic() - started) / steps_this_session
+                    eta = rate * (total_steps - global_step)
+                    if limit_s is not None:
+                        left = limit_s - (elapsed_before + time.monotonic() - started)
+                        out_of_time = d.all_reduce_max(1.0 if left <= 0 else 0.0) > 0
+                        eta = max(0.0, min(eta, left))
                     self._notify(stage="training", epoch=epoch + 1, epochs=c.epochs, step=global_step,
                                  steps=total_steps, fraction=global_step / total_steps,
-                                 loss=sums["loss"] / n_steps, lr=optimizer.param_groups[0]["lr"],
-                                 eta_s=rate * (total_steps - global_step))
+                                 loss=sums["loss"] / n_steps, lr=optimizer.param_groups[0]["lr"], eta_s=eta)
+                    if out_of_time:
+                        log.info("Time limit of %.1f min reached at step %d of %d (epoch %d): stopping after "
+                                 "this epoch's validation.", c.time_limit_min, global_step, total_steps, epoch + 1)
+                        break
                 keys = sorted(sums)
                 totals = d.all_reduce_sum([sums[k] for k in keys] + [float(n_steps)])
                 means = {k: v / max(totals[-1], 1.0) for k, v in zip(keys, totals[:-1])}
@@ -328,7 +346,10 @@ class Trainer:
                 if is_best:
                     best = {"value": value, "epoch": epoch + 1}
                 state = {"epoch": epoch + 1, "epochs": c.epochs, "global_step": global_step, "best": best,
-                         "train": means, "validation": validation}
+                         "train": means, "validation": validation,
+                         "elapsed_s": round(elapsed_before + time.monotonic() - started, 1)}
+                if out_of_time:
+                    state["stopped_by_time_limit"] = True
                 if d.is_main:
                     self._notify(stage="saving", epoch=epoch + 1, epochs=c.epochs, fraction=global_step / total_steps)
                     if is_best:
@@ -430,6 +451,12 @@ class Trainer:
             "torch": torch.__version__, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **spec.meta,
         }
+        last = read_checkpoint_meta(self.ck_dir, "last") or {}
+        training["steps_trained"] = last.get("global_step")
+        training["training_time_s"] = last.get("elapsed_s")
+        if c.time_limit_min is not None:
+            training["time_limit_min"] = c.time_limit_min
+            training["stopped_by_time_limit"] = bool(last.get("stopped_by_time_limit"))
         if c.init:
             training["init"] = c.init
         meta = default_meta(spec.network.config, name=name, role=spec.role, populations=list(pops),

@@ -41,8 +41,11 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
     assert json.loads((runs / "joint-continued" / "model.json").read_text())["training"]["init_from"]["name"] == "joint"
     report = json.loads((work / "reports" / "all" / "report.json").read_text())
     roles = [m["role"] for m in report["models"].values()]
-    # every run but the teacher base (the teachers' starting point), plus the teacher ensemble
-    assert roles.count("ensemble") == 1 and len(report["models"]) == len(expected) - 1 + 1
+    # student, joint, its continuation and the five teachers, plus the teacher ensemble; the ablation runs
+    # in a report of their own (evaluated beside the main one)
+    assert roles.count("ensemble") == 1 and len(report["models"]) == 3 + len(POPULATIONS) + 1
+    ablation = json.loads((work / "reports" / "ablation" / "report.json").read_text())
+    assert sorted(Path(m["source"]).name for m in ablation["models"].values()) == sorted(expected[-7:])
     for subset in ("t1c+t2f", "t1c", "t2f"):
         assert (work / "reports" / subset / "report.json").is_file()
     timings = json.loads((work / "timings.json").read_text())

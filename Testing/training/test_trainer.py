@@ -269,3 +269,24 @@ def test_progress_lines_are_machine_readable():
     assert first == {"stage": "training", "epoch": 1, "step": 3, "fraction": 0.25, "loss": 0.5}
     assert parse_progress_line("INFO: something") is None
     assert np.isclose(parse_progress_line(lines[1])["fraction"], 1.0)
+
+
+def test_time_limit_stops_after_the_step_that_spends_it_and_resume_adds_nothing(fake_data, tmp_path):
+    """--time-limit: the run ends early (its epoch validated and saved), the bundle says so, and a resume of
+    a run whose budget is spent trains no further step."""
+    run = tmp_path / "run"
+    train_teacher(_config(fake_data, run, epochs=40, steps_per_epoch=3, time_limit_min=1e-4))
+    training = load_bundle(run).meta["training"]
+    assert training["stopped_by_time_limit"] is True
+    assert 1 <= training["steps_trained"] < 40 * 3
+    assert training["training_time_s"] >= 60 * 1e-4
+    steps = training["steps_trained"]
+    log_epochs = [row["epoch"] for row in read_log(run)]
+    assert log_epochs == list(range(1, len(log_epochs) + 1)) and len(log_epochs) == -(-steps // 3)
+    train_teacher(_config(fake_data, run, epochs=40, steps_per_epoch=3, time_limit_min=1e-4), resume=True)
+    assert load_bundle(run).meta["training"]["steps_trained"] == steps
+
+
+def test_time_limit_must_be_positive(tmp_path):
+    with pytest.raises(MTSSError, match="--time-limit"):
+        _config(tmp_path, tmp_path / "run", time_limit_min=0)

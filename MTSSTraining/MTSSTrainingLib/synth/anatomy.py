@@ -249,12 +249,48 @@ def _vessels(csf: np.ndarray, depth: np.ndarray, vent: np.ndarray, mni: list[np.
     tube = np.exp(-(n1 * n1 + n2 * n2) / (2 * 0.18**2))
     sulcal = ndimage.gaussian_filter(csf, 0.7) * (depth < 22)
     vessel = tube * np.clip(sulcal * 1.6, 0, 1)
-    sinus = (np.abs(x) < 3.5) & (depth < 5) & (z > -5) & (csf > 0.2)
+    sinus = _dural_sinuses(depth, csf, mni)
     choroid = vent & (y > -48) & (y < -22) & (z > -2) & (z < 24) & (np.abs(x) > 12)
     choroid = _erode6(_erode6(choroid)) & (n1 > -0.3)
     vessel = np.maximum(vessel, 0.9 * sinus)
     vessel = np.maximum(vessel, 0.5 * ndimage.gaussian_filter(choroid.astype(np.float32), 0.8))
     return vessel.astype(np.float32)
+
+
+def _tube(mni: list[np.ndarray], points: list[tuple[float, float, float]], radius: float) -> np.ndarray:
+    """Voxels within ``radius`` mm of a polyline through ``points`` (MNI mm)."""
+    x, y, z = mni
+    dist = np.full(np.broadcast_shapes(x.shape, y.shape, z.shape), np.inf, dtype=np.float32)
+    for a, b in zip(points[:-1], points[1:]):
+        a_, d = np.asarray(a, np.float32), np.asarray(b, np.float32) - np.asarray(a, np.float32)
+        t = np.clip(((x - a_[0]) * d[0] + (y - a_[1]) * d[1] + (z - a_[2]) * d[2]) / float(d @ d), 0, 1)
+        dist = np.minimum(dist, np.sqrt((x - a_[0] - t * d[0]) ** 2 + (y - a_[1] - t * d[1]) ** 2
+                                        + (z - a_[2] - t * d[2]) ** 2))
+    return dist < radius
+
+
+def _dural_sinuses(depth: np.ndarray, csf: np.ndarray, mni: list[np.ndarray]) -> np.ndarray:
+    """The dural venous sinuses as BraTS brain masks keep them: bright on T1c, at the brain's surface.
+
+    The superior sagittal sinus is a triangle (base outwards) on the midline that widens and thickens from
+    front to back (about 5 mm wide in front, 16 mm at the back) and curves down the occipital pole to the
+    confluence; the transverse sinuses run from there along the tentorium, the straight sinus from the vein
+    of Galen to the confluence. Real skull-stripped scans show all of them bright on T1c (the default student
+    took the posterior sagittal sinus for tumour before they were drawn).
+    """
+    x, y, z = mni
+    back = np.clip((50.0 - y) / 150.0, 0.0, 1.0)  # 0 in front, 1 at the occipital pole
+    half_width = 2.5 + 5.5 * back
+    thickness = 3.0 + 7.0 * back
+    sss = (depth > 0) & (depth < thickness) & (np.abs(x) < half_width * (1.0 - depth / (thickness + 1.0)))
+    sss &= (z > -4) & (y < 70)
+    confluence = _tube(mni, [(0.0, -99.0, 3.0), (0.0, -97.0, -3.0)], 7.0) & (depth > 0) & (depth < 10)
+    transverse = np.zeros_like(sss)
+    for side in (-1.0, 1.0):
+        path = [(0.0, -98.0, 0.0), (side * 22, -94.0, -6.0), (side * 40, -82.0, -12.0), (side * 52, -62.0, -18.0)]
+        transverse |= _tube(mni, path, 4.5) & (depth > 0) & (depth < 6)
+    straight = _tube(mni, [(0.0, -50.0, 6.0), (0.0, -75.0, 4.0), (0.0, -97.0, 1.0)], 2.5) & (csf > 0.05)
+    return sss | confluence | transverse | straight
 
 
 def _seed_regions(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, depth: np.ndarray,

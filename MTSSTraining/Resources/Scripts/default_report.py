@@ -89,6 +89,40 @@ def real_case(student: Path, out_png: Path) -> list[str]:
     return lines
 
 
+def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
+    """What was trained, where and how long, read from the run folders' bundles."""
+    runs = w / "runs"
+    meta = json.loads((runs / "student" / "model.json").read_text())
+    t = meta["training"]
+    teacher = json.loads((runs / "teacher-GLI" / "model.json").read_text())
+    student_ch, teacher_ch = meta["network"]["channels"], teacher["network"]["channels"]
+    steps = {}
+    for run in ("teacher-GLI", "joint", "student", "joint-continued"):
+        f = runs / run / "model.json"
+        if f.is_file():
+            tr = json.loads(f.read_text())["training"]
+            steps[run] = tr.get("steps_trained") or tr["epochs"] * tr["steps_per_epoch"]
+    device = "an NVIDIA GPU" if str(t.get("device", "")).startswith("cuda") else "a 2-core CPU"
+    base = (runs / "teacher-base").is_dir()
+    L = ["**Trained on synthetic data only** (`mtss synth`, MNI152 anatomy with simulated tumours), on "
+         f"{device}, at {meta['preprocessing']['spacing_mm'][0]:g} mm working spacing, with patches of "
+         f"{t['patch'][0]}³ in batches of {t['batch']}"
+         + (f", {'bf16' if t.get('amp') else 'fp32'}" if device != "a 2-core CPU" else "") + ". Steps trained: "
+         + ", ".join(f"{k} {v}" for k, v in steps.items()) + ". It is not a clinically validated model, and "
+         "every Dice below is measured on held-out *synthetic* cases.", ""]
+    L += [f"Recipe (`train_default.py`): five population teachers (ResUNet {teacher_ch[0]}→{teacher_ch[-1]} channels"
+          + (", fine-tuned from one teacher-sized network trained on all populations" if base else
+             ", each trained from scratch on its population") + "); the joint baseline is the student's network "
+          f"({student_ch[0]}→{student_ch[-1]}) trained on all populations without distillation; the student is the "
+          "same network distilled from the five teachers with every KD term (output, latent, Barlow Twins, region, "
+          "attention), starting from the joint baseline's weights, and *joint continued* is the joint baseline "
+          "trained for the same extra time without teachers (the fair comparison). The joint baselines and the "
+          "student draw clinical degradations (thick slices, bias fields) on 30 % of their series.", ""]
+    L += [f"Test cohort: {rep['n_cases']} synthetic cases (seed 2000, never seen in training). Wall-clock seconds "
+          f"of each step of the recipe: `{json.dumps(timings)}`.", ""]
+    return L
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, type=Path)
@@ -96,10 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmark", type=Path, help="JSON written by `mtss benchmark -o`")
     ap.add_argument("--clinical", type=Path, help="folder written by clinical_check.py for this bundle")
     ap.add_argument("--notes", type=Path, help="a Markdown file appended after the real case (what was seen by eye)")
+    ap.add_argument("--title", default="MTSS default student: evaluation report")
     args = ap.parse_args(argv)
     w, b = args.work, args.bundle
     rep = json.loads((w / "reports" / "all" / "report.json").read_text())
     summary = rep["summary"]
+    ablation_file = w / "reports" / "ablation" / "report.json"  # the ablation runs, evaluated beside the others
+    if ablation_file.is_file():
+        extra = json.loads(ablation_file.read_text())
+        summary = {**summary, **extra["summary"]}
+        rep["models"] = {**rep["models"], **extra["models"]}
     # Run-folder name -> model key; an ensemble records its first member's folder as its source, so it is
     # left out here (it is found by its role below).
     names = {Path(m["source"]).name: k for k, m in rep["models"].items() if m.get("role") != "ensemble"}
@@ -115,22 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(f.read_text())
             subsets[sub] = (r["summary"], next(iter(r["summary"])))  # (summary, its one model)
     timings = json.loads((w / "timings.json").read_text()) if (w / "timings.json").is_file() else {}
-    L: list[str] = ["# MTSS default student: evaluation report", ""]
-    L += ["**Trained on synthetic data only** (`mtss synth`, MNI152 anatomy with simulated tumours), on a 2-core "
-          "CPU without a GPU (none was lent to the sessions that made it), at 3 mm working spacing, for 900–1,300 steps of two 48³ patches "
-          "per network. It is not a clinically validated model, and every Dice below is measured "
-          "on held-out *synthetic* cases.", ""]
-    L += ["Recipe (`train_default.py --profile cpu`): a teacher-sized ResUNet (8→128 channels) trained on all five "
-          "populations, fine-tuned per population into the five teachers; the joint baseline is the student's "
-          "network (7→112) trained on all populations without distillation; the student is the same network "
-          "distilled from the five teachers with every KD term (output, latent, Barlow Twins, region, attention), "
-          "starting from the joint baseline's weights. Distilling it from scratch with all five terms collapsed at "
-          "this budget (constant outputs, validation Dice 0 from the third epoch; the run is kept in the work "
-          "folder), so the fair comparison is *joint continued*: the joint baseline trained for the same extra "
-          "steps without teachers. The joint baselines and the student draw clinical degradations (thick "
-          "slices, bias fields) on 30 % of their series.", ""]
-    L += [f"Test cohort: {rep['n_cases']} synthetic cases (seed 2000, 6 per population, never seen in training). "
-          f"Wall-clock seconds of each step of the recipe (two one-thread processes sharing the 2 cores): `{json.dumps(timings)}`.", ""]
+    L: list[str] = [f"# {args.title}", ""] + recipe_lines(w, rep, timings)
     L += ["## Dice per population (four inputs)", "",
           "| population | region | student | joint baseline | joint continued | own teacher | teacher ensemble |",
           "|---|---|---|---|---|---|---|"]
@@ -197,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ablation = {k: v for k, v in names.items() if k.startswith("student-without-") or k == "student-ablation-all"}
     if ablation:
         L += ["", "## Ablation: one KD term removed at a time (macro Dice, four inputs)", "",
-              "Every variant starts from the joint baseline's weights and is distilled for the same number of steps "
+              "Every variant starts from the joint baseline's weights and is distilled with the same budget "
               "(shorter than the student's run), so the variants differ only in their KD terms.", "",
               "| variant | WT | TC | ET | mean | change of the mean vs all terms |", "|---|---|---|---|---|---|"]
         ref = ablation.get("student-ablation-all")
@@ -217,8 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         for png in sorted(args.clinical.glob("clinical_*.png"))[:1]:
             shutil.copy2(png, b / png.name)
             L += ["", f"![clinical draw]({png.name})"]
-    L += ["", "Not measured in these CPU-only sessions: GPU timings (no GPU was lent), teachers larger than the "
-          "student beyond the 8→128 network, and a training budget anywhere near the field's (hours on a GPU)."]
     (b / "report.md").write_text("\n".join(L) + "\n")
     meta_path = b / "model.json"
     meta = json.loads(meta_path.read_text())

@@ -4,10 +4,10 @@ distilled student (all KD terms) -> evaluation -> bundle in the segmenter's pack
 
 Anyone can rerun it. Three profiles:
 
-* ``--profile gpu``: the full recipe for a CUDA GPU (1.5 mm working spacing, large teachers, many steps).
+* ``--profile gpu``: about 17 minutes of one H100 (2 mm working spacing, teachers 16→256 channels beside the
+  7→112 student, every run time-limited, independent runs sharing the GPU). The bundle shipped today was made with it.
 * ``--profile cpu``: what fits a 2-core CPU in about 1.5 hours with two processes sharing the steps (3 mm
-  working spacing, small networks, about a thousand steps per network). The bundle shipped today was made
-  with it: no GPU was lent to the sessions that made it.
+  working spacing, small networks, about a thousand steps per network).
 * ``--profile tiny``: every step for a few seconds, for the test suite.
 
 The student starts from the joint baseline's weights (distilling it from scratch with all five KD terms
@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 POPULATIONS = ("GLI", "PED", "SSA", "MEN", "MET")
@@ -47,32 +48,34 @@ PROFILES = {
             "teacher": "teacher_cpu", "student": "student_default", "teacher_base_steps": (8, 125),
             "teacher_steps": (1, 150), "joint_steps": (8, 110), "student_steps": (4, 110), "student_init": "joint",
             "ablation_steps": (1, 150), "ablation_init": "joint", "clinical_augment": 0.3, "amp": False},
-    "gpu": {"cases": 200, "test_cases": 20, "synth_spacing": 1.0, "spacing": 1.5, "patch": 128, "batch": 2, "lr": 1e-3,
-            "teacher": "teacher_resunet", "student": "student_default", "teacher_base_steps": None,
-            "teacher_steps": (20, 100), "joint_steps": (40, 100), "student_steps": (30, 100), "student_init": "joint",
-            "ablation_steps": (20, 100), "ablation_init": None, "clinical_augment": 0.3, "amp": True},
+    # One H100 for about 17 minutes (the device budget of a development session): every training run is
+    # time-limited (minutes below; the learning-rate schedule follows the clock), the independent runs share
+    # the GPU (--parallel 8: five teachers beside the joint baseline, then the student beside its control and
+    # the ablation), 2 mm working spacing, 96³ patches of batch 4, bf16.
+    "gpu": {"cases": 40, "test_cases": 10, "synth_spacing": 2.0, "spacing": 2.0, "patch": 96, "batch": 4, "lr": 2e-3,
+            "teacher": "teacher_gpu", "student": "student_default", "teacher_base_steps": None,
+            "teacher_steps": (50, 200), "joint_steps": (50, 200), "student_steps": (50, 200), "student_init": "joint",
+            "ablation_steps": (50, 200), "ablation_init": "joint", "clinical_augment": 0.3, "amp": True,
+            "workers": 3, "parallel": 8, "synth_workers": 16,
+            "minutes": {"teacher": 5.0, "joint": 5.0, "student": 5.5, "ablation": 3.5}},
     # Every step for a few seconds each: the test suite runs the whole recipe with it.
     "tiny": {"cases": 2, "test_cases": 1, "synth_spacing": 4.0, "spacing": 4.0, "patch": 16, "batch": 1, "lr": 1e-3,
              "teacher": "tiny", "student": "tiny", "teacher_base_steps": (1, 2), "teacher_steps": (1, 1),
              "joint_steps": (1, 2), "student_steps": (1, 1), "student_init": "joint", "ablation_steps": (1, 1),
-             "ablation_init": "joint", "clinical_augment": 0.3, "amp": False},
+             "ablation_init": "joint", "clinical_augment": 0.3, "amp": False, "parallel": 2},
 }
 
 
-def mtss(*args: object, log: Path | None = None) -> None:
-    cmd = [sys.executable, "-m", "MTSSSegmenterLib.cli"] + [str(a) for a in args]
-    print("$ mtss " + " ".join(str(a) for a in args), flush=True)
-    t = time.time()
-    with open(log, "a") if log else open("/dev/null", "w") as f:
-        p = subprocess.run(cmd, check=False, stdout=f if log else None, stderr=subprocess.STDOUT if log else None)
-    if p.returncode != 0:
-        raise SystemExit(f"step failed ({p.returncode}) after {time.time() - t:.0f} s: {' '.join(cmd)}")
-    print(f"  done in {time.time() - t:.0f} s", flush=True)
+def mtss_command(*args: object) -> list[str]:
+    return [sys.executable, "-m", "MTSSSegmenterLib.cli"] + [str(a) for a in args]
 
 
-def train_opts(p: dict, steps: tuple[int, int], device: str) -> list[object]:
+def train_opts(p: dict, steps: tuple[int, int], device: str, minutes: float | None = None) -> list[object]:
     opts: list[object] = ["--epochs", steps[0], "--steps-per-epoch", steps[1], "--patch", p["patch"],
-                          "--batch", p["batch"], "--spacing", p["spacing"], "--device", device, "--lr", p["lr"]]
+                          "--batch", p["batch"], "--spacing", p["spacing"], "--device", device, "--lr", p["lr"],
+                          "--workers", p.get("workers", 0)]
+    if minutes:
+        opts += ["--time-limit", minutes]
     return opts + (["--amp"] if p["amp"] else [])
 
 
@@ -80,16 +83,66 @@ def done(run: Path) -> bool:
     return (run / "model.json").is_file() and (run / "model.safetensors").is_file()
 
 
-def wait_for(runs: list[Path], wait: bool) -> None:
-    """Return when every run has its bundle; without ``wait``, fail naming the missing ones."""
-    missing = [r for r in runs if not done(r)]
-    if missing and not wait:
-        raise SystemExit("these runs are not finished yet: " + ", ".join(str(r) for r in missing)
-                         + " (run their steps first, or pass --wait when another process is running them)")
-    if missing:
-        print("waiting for " + ", ".join(r.name for r in missing), flush=True)
-    while any(not done(r) for r in runs):
-        time.sleep(20)
+@dataclass
+class Job:
+    """One ``mtss`` command of the recipe: finished when ``target`` exists, started once ``needs`` are done."""
+
+    name: str  # its key in timings.json
+    step: str  # the recipe step it belongs to (--only)
+    args: list[object]
+    target: Path  # a run folder (finished = bundle written) or a file
+    needs: list[Path] = field(default_factory=list)
+
+    def finished(self) -> bool:
+        return done(self.target) if self.target.suffix == "" else self.target.is_file()
+
+
+def run_jobs(jobs: list[Job], parallel: int, wait: bool, w: Path, timings: dict[str, float], save) -> None:
+    """Run the jobs, up to ``parallel`` at a time, each as soon as what it needs is finished. Each job logs to
+    ``logs/<name>.log``; a failed job stops the recipe once the jobs running beside it end."""
+    pending = [j for j in jobs if not j.finished()]
+    for j in jobs:
+        if j not in pending:
+            print(f"skip {j.name} (finished)", flush=True)
+    running: dict[str, tuple[Job, subprocess.Popen, float, object]] = {}
+    failed: list[str] = []
+    (w / "logs").mkdir(exist_ok=True)
+    announced: set[str] = set()
+    while pending or running:
+        for j in list(pending):
+            if failed or len(running) >= parallel:
+                break
+            missing = [n for n in j.needs if not (done(n) if n.suffix == "" else n.is_file())]
+            if missing and not running and not wait and not any(
+                    o.target in missing for o in pending if o is not j):
+                raise SystemExit("these runs are not finished yet: " + ", ".join(str(m) for m in missing)
+                                 + " (run their steps first, or pass --wait when another process is running them)")
+            if missing:
+                if j.name not in announced and not running and wait:
+                    print(f"{j.name} waits for " + ", ".join(m.name for m in missing), flush=True)
+                    announced.add(j.name)
+                continue
+            resume = ["--resume"] if j.target.suffix == "" and (j.target / "run.json").is_file() else []
+            cmd = mtss_command(*j.args, *resume)
+            print("$ mtss " + " ".join(str(a) for a in [*j.args, *resume]), flush=True)
+            f = open(w / "logs" / f"{j.name}.log", "a")
+            running[j.name] = (j, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), time.time(), f)
+            pending.remove(j)
+        time.sleep(0.5 if running else 5)
+        for name, (j, proc, t, f) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            f.close()
+            del running[name]
+            if proc.returncode != 0:
+                failed.append(f"{name} ({proc.returncode}; see {w / 'logs' / (name + '.log')})")
+                print(f"  FAILED {name} after {time.time() - t:.0f} s", flush=True)
+                continue
+            timings[name] = round(time.time() - t, 1)
+            save()
+            print(f"  done {name} in {timings[name]:.0f} s", flush=True)
+        if failed and not running:
+            raise SystemExit("step(s) failed: " + "; ".join(failed))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation", action="store_true", help="also distil once without each KD term")
     ap.add_argument("--only", default=",".join(STEPS), help=f"comma list of steps to run, among {', '.join(STEPS)}")
     ap.add_argument("--wait", action="store_true", help="wait for runs another process is training instead of failing")
+    ap.add_argument("--parallel", type=int, default=None,
+                    help="commands run at once (independent runs share one GPU well); default: the profile's")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = sorted(set(only) - set(STEPS))
@@ -109,30 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     if "ablation" in only and not args.ablation:
         only.remove("ablation")
     p = PROFILES[args.profile]
+    parallel = args.parallel or p.get("parallel", 1)
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
-    log = w / ("recipe.log" if only == list(STEPS) else f"recipe-{'-'.join(only)}.log")
     timings: dict[str, float] = {}
     t0 = time.time()
-
-    def step(name: str, fn) -> None:
-        t = time.time()
-        fn()
-        timings[name] = round(time.time() - t, 1)
-        save_timings()
 
     def save_timings() -> None:  # merged with what another process sharing the steps wrote
         path = w / "timings.json"
         old = json.loads(path.read_text()) if path.is_file() else {}
         path.write_text(json.dumps({**old, **timings}, indent=2))
 
+    minutes = p.get("minutes", {})
+    dev = args.device
     train, test = w / "train", w / "test"
-    if "synth" in only and not (train / "cohort.json").is_file():
-        step("synth", lambda: mtss("synth", train, "--cases", p["cases"], "--spacing", p["synth_spacing"],
-                                   "--seed", 1000, "--workers", 2, log=log))
-    if "synth" in only and not (test / "cohort.json").is_file():
-        step("synth_test", lambda: mtss("synth", test, "--cases", p["test_cases"], "--spacing", p["synth_spacing"],
-                                        "--seed", 2000, "--workers", 2, log=log))
+    jobs = [Job("synth", "synth", ["synth", train, "--cases", p["cases"], "--spacing", p["synth_spacing"], "--seed",
+                                   1000, "--workers", p.get("synth_workers", 2)], train / "cohort.json"),
+            Job("synth_test", "synth", ["synth", test, "--cases", p["test_cases"], "--spacing",
+                                        p.get("test_spacing", p["synth_spacing"]), "--seed", 2000, "--workers",
+                                        p.get("synth_workers", 2)], test / "cohort.json")]
+    data = [train / "cohort.json"]
     runs = w / "runs"
     init: list[object] = []
     if p["teacher_base_steps"]:
@@ -140,58 +191,47 @@ def main(argv: list[str] | None = None) -> int:
         # (--init), instead of five teachers from scratch.
         base = runs / "teacher-base"
         init = ["--init", base]
-        if "teacher-base" in only and not done(base):
-            resume = ["--resume"] if (base / "run.json").is_file() else []
-            step("teacher_base", lambda: mtss("train-joint", train, "-o", base, "--network",
-                                              CONFIGS / f"{p['teacher']}.json", "--seed", 2, "--name", "teacher-base",
-                                              *resume, *train_opts(p, p["teacher_base_steps"], args.device), log=log))
+        jobs.append(Job("teacher_base", "teacher-base", [
+            "train-joint", train, "-o", base, "--network", CONFIGS / f"{p['teacher']}.json", "--seed", 2, "--name",
+            "teacher-base", *train_opts(p, p["teacher_base_steps"], dev, minutes.get("teacher_base"))], base, data))
     teachers = {pop: runs / f"teacher-{pop}" for pop in POPULATIONS}
-    if "teachers" in only and p["teacher_base_steps"]:
-        wait_for([base], args.wait)
     for pop, run in teachers.items():
-        if "teachers" in only and not done(run):
-            resume = ["--resume"] if (run / "run.json").is_file() else []
-            step(f"teacher_{pop}", lambda run=run, pop=pop, resume=resume: mtss(
-                "train-teacher", train, "--population", pop, "-o", run, "--network", CONFIGS / f"{p['teacher']}.json",
-                "--seed", 1, *init, *resume, *train_opts(p, p["teacher_steps"], args.device), log=log))
+        jobs.append(Job(f"teacher_{pop}", "teachers", [
+            "train-teacher", train, "--population", pop, "-o", run, "--network", CONFIGS / f"{p['teacher']}.json",
+            "--seed", 1, *init, *train_opts(p, p["teacher_steps"], dev, minutes.get("teacher"))], run,
+            data + ([base] if init else [])))
     joint = runs / "joint"
-    if p["joint_steps"] is None:
-        # Small budgets: the teacher base (same network as the student, trained on every population without
-        # distillation) is the joint baseline, and the student starts from it (--init).
-        joint = runs / "teacher-base"
-    elif "joint" in only and not done(joint):
-        resume = ["--resume"] if (joint / "run.json").is_file() else []
-        step("joint", lambda: mtss("train-joint", train, "-o", joint, "--network", CONFIGS / f"{p['student']}.json",
-                                   "--seed", 1, "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"],
-                                   *resume, *train_opts(p, p["joint_steps"], args.device), log=log))
+    jobs.append(Job("joint", "joint", [
+        "train-joint", train, "-o", joint, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
+        "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"],
+        *train_opts(p, p["joint_steps"], dev, minutes.get("joint"))], joint, data))
     teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
     student = runs / "student"
-
-    # On the CPU budget, distilling the student from scratch with all five KD terms collapsed (constant
-    # outputs, validation Dice 0 from the third epoch), so it starts from the joint baseline's weights; the
-    # fair comparison is then the joint baseline trained for the same extra steps without distillation
+    # Distilling the student from scratch with all five KD terms collapsed on the CPU budget (constant outputs,
+    # validation Dice 0 from the third epoch), so it starts from the joint baseline's weights; the fair
+    # comparison is then the joint baseline trained for the same extra steps without distillation
     # ("joint-continued").
-    student_init = ["--init", joint] if p["joint_steps"] is None or p["student_init"] == "joint" else []
+    student_init = ["--init", joint] if p["student_init"] == "joint" else []
     continued = runs / "joint-continued"
 
-    def distil(run: Path, kd: tuple[str, ...], steps: tuple[int, int], init: list[object]) -> None:
-        resume = ["--resume"] if (run / "run.json").is_file() else []
-        mtss("distill", train, "--teachers", *teacher_args, "-o", run, "--student", CONFIGS / f"{p['student']}.json",
-             "--kd", ",".join(kd), "--seed", 1, "--name", "mtss-default" if run == student else run.name, *resume,
-             "--clinical-augment", p["clinical_augment"], *init, *train_opts(p, steps, args.device), log=log)
+    def distil(name: str, run: Path, kd: tuple[str, ...], steps: tuple[int, int], init: list[object],
+               limit: float | None) -> Job:
+        return Job(name, "student" if run == student else "ablation", [
+            "distill", train, "--teachers", *teacher_args, "-o", run, "--student", CONFIGS / f"{p['student']}.json",
+            "--kd", ",".join(kd), "--seed", 1, "--name", "mtss-default" if run == student else run.name,
+            "--clinical-augment", p["clinical_augment"], *init, *train_opts(p, steps, dev, limit)], run,
+            list(teachers.values()) + ([joint] if init else []))
 
-    if "student" in only and not done(student):
-        wait_for(list(teachers.values()) + ([joint] if student_init else []), args.wait)
-        step("student", lambda: distil(student, KD_TERMS, p["student_steps"], student_init))
-    if p["student_init"] == "joint" and "joint-continued" in only and not done(continued):
-        wait_for([joint], args.wait)
-        resume = ["--resume"] if (continued / "run.json").is_file() else []
-        step("joint_continued", lambda: mtss(
+    jobs.append(distil("student", student, KD_TERMS, p["student_steps"], student_init, minutes.get("student")))
+    controls = []
+    if p["student_init"] == "joint":
+        controls = [continued]
+        jobs.append(Job("joint_continued", "joint-continued", [
             "train-joint", train, "-o", continued, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
             "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"], "--name", "joint-continued",
-            "--init", joint, *resume, *train_opts(p, p["student_steps"], args.device), log=log))
-    # The ablation: one run with every KD term and one without each, all with the same budget (and, on the
-    # CPU profile, all fine-tuned from the joint baseline, so that they differ only in the KD terms).
+            "--init", joint, *train_opts(p, p["student_steps"], dev, minutes.get("student"))], continued, [joint]))
+    # The ablation: one run with every KD term and one without each, all with the same budget (and, where the
+    # profile says so, all fine-tuned from the joint baseline, so that they differ only in the KD terms).
     ablations = []
     if args.ablation:
         ablation_init = ["--init", joint] if p["ablation_init"] == "joint" else []
@@ -199,28 +239,25 @@ def main(argv: list[str] | None = None) -> int:
         variants.update({f"student-without-{t}": tuple(k for k in KD_TERMS if k != t) for t in KD_TERMS})
         variants["student-without-kd"] = ()  # ground truth only: the same fine-tuning without any teacher
         for name, kd in variants.items():
-            run = runs / name
-            ablations.append(run)
-            if "ablation" in only and not done(run):
-                wait_for(list(teachers.values()) + ([joint] if ablation_init else []), args.wait)
-                step(f"ablation_{name}", lambda run=run, kd=kd: distil(run, kd, p["ablation_steps"], ablation_init))
-    if "evaluate" not in only and "install" not in only:
-        print(json.dumps(timings, indent=2))
-        return 0
+            ablations.append(runs / name)
+            jobs.append(distil(f"ablation_{name}", runs / name, kd, p["ablation_steps"], ablation_init,
+                               minutes.get("ablation")))
     reports = w / "reports"
-    if "evaluate" in only:
-        wait_for([student, joint, *teachers.values(), *ablations] + ([continued] if p["student_init"] == "joint" else []),
-                 args.wait)
-    controls = [continued] if p["student_init"] == "joint" else []
-    models = list(dict.fromkeys([student, joint, *controls] + [teachers[pop] for pop in POPULATIONS] + ablations))
-    model_args = [a for m in models for a in ("--model", m)]
-    if "evaluate" in only:
-        step("evaluate", lambda: mtss("evaluate", test, *model_args, "--ensemble", *teacher_args, "-o", reports / "all",
-                                      "--device", args.device, log=log))
-    for subset in ("t1c,t2f", "t1c", "t2f") if "evaluate" in only else ():
-        step(f"evaluate_{subset}", lambda subset=subset: mtss(
-            "evaluate", test, "--model", student, "--modalities", subset, "-o", reports / subset.replace(",", "+"),
-            "--device", args.device, "--overlays", 0, log=log))
+    models = list(dict.fromkeys([student, joint, *controls] + [teachers[pop] for pop in POPULATIONS]))
+    evaluated = [test / "cohort.json"]
+    jobs.append(Job("evaluate", "evaluate", [
+        "evaluate", test, *[a for m in models for a in ("--model", m)], "--ensemble", *teacher_args,
+        "-o", reports / "all", "--device", dev], reports / "all" / "report.json", evaluated + models))
+    if ablations:  # a report of its own, so that it runs beside the main one
+        jobs.append(Job("evaluate_ablation", "evaluate", [
+            "evaluate", test, *[a for m in ablations for a in ("--model", m)], "-o", reports / "ablation",
+            "--device", dev, "--overlays", 0], reports / "ablation" / "report.json", evaluated + ablations))
+    for subset in ("t1c,t2f", "t1c", "t2f"):
+        out = reports / subset.replace(",", "+")
+        jobs.append(Job(f"evaluate_{subset}", "evaluate", [
+            "evaluate", test, "--model", student, "--modalities", subset, "-o", out, "--device", dev,
+            "--overlays", 0], out / "report.json", evaluated + [student]))
+    run_jobs([j for j in jobs if j.step in only], parallel, args.wait, w, timings, save_timings)
     timings["total_" + "-".join(only)] = round(time.time() - t0, 1)
     save_timings()
     if args.install and "install" in only:
