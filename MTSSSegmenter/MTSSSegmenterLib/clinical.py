@@ -109,8 +109,8 @@ def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool 
 
     Returns:
         ``(images, transforms, brain, report)``: the (corrected) images, the ``reference -> series``
-        transforms, a brain mask on the reference grid when the skull is on (else None: the foreground of
-        skull-stripped images is their brain), and the report.
+        transforms, a brain mask on the reference grid when the skull is on or the series do not share one
+        grid (else None: the foreground of skull-stripped images on one grid is their brain), and the report.
     """
     for code, img in images.items():
         _array(img, code)  # NaN, infinite or constant volumes get their message before any processing
@@ -149,7 +149,12 @@ def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool 
             coarse = sitk.Cast(working_image(mask, 4.0) > 0.5, sitk.sitkUInt8)
         report.coverage[code] = coverage(coarse, img, transforms.get(code))
     report.warnings = input_warnings(images, report)
-    return images, transforms, (None if evidence.stripped else mask), report
+    # Skull-stripped series that share the reference's grid: their foreground is the brain (as in training).
+    # Series resampled onto it (thick, oblique, moved) smear that foreground outwards, and the union of
+    # them was nearly twice the brain (3.1 L for a 1.6 L brain on 4-6 mm draws), which shifted the
+    # intensity normalisation and inflated the tumour; the mask of the best series is used instead.
+    resampled = bool(transforms) or any(not Grid.of(img).same_as(ref_grid) for img in images.values())
+    return images, transforms, (mask if resampled or not evidence.stripped else None), report
 
 
 def isotropic_grid(reference: sitk.Image, spacing_mm: float) -> Grid:

@@ -111,13 +111,9 @@ _REQUEST_FIELDS = frozenset({"images", "model", "device", "progress", "reference
 def segment_options(pipeline: Any) -> dict[str, Any]:
     """The options ``pipeline.segment`` accepts (name -> default).
 
-    The pipeline's ``SEGMENT_OPTIONS`` when it declares one, else the keyword arguments with a default of
-    ``pipeline.segment`` (``register``, ``n4``, ``brain_mask_out``, ``output_spacing``), less those the
-    request sets through its own fields.
+    The keyword arguments with a default of ``pipeline.segment`` (``register``, ``n4``, ``brain_mask_out``,
+    ``output_spacing``), less those the request sets through its own fields.
     """
-    declared = getattr(pipeline, "SEGMENT_OPTIONS", None)
-    if declared is not None:
-        return dict(declared)
     parameters = inspect.signature(pipeline.segment).parameters.values()
     return {p.name: p.default for p in parameters if p.name not in _REQUEST_FIELDS
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}

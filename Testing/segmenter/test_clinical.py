@@ -181,3 +181,27 @@ def test_command_line_options(tiny_bundle, tmp_path, capsys):
     assert main(["segment", "--t1c", str(files["t1c"]), "-o", str(out), "--model", str(tiny_bundle),
                  "--output-spacing", "-1"]) == 2
     assert "Output spacing -1.0 mm is not a positive number" in capsys.readouterr().err
+
+
+@requires_real
+@pytest.mark.slow
+def test_skull_stripped_thick_series_get_a_brain_mask_not_the_union_of_their_smeared_foregrounds(brats_2mm):
+    """Skull-stripped series on their own thick oblique grids: the brain the network is normalised on must be
+    about the brain (the union of the registered series' foregrounds was nearly twice it)."""
+    from MTSSSegmenterLib.clinical import prepare_study
+    from MTSSTrainingLib.clinical_acquisition import clinical_acquisition
+
+    empty = sitk.Cast(brats_2mm["t1c"] > 1e9, sitk.sitkUInt8)
+    series, _, _ = clinical_acquisition(brats_2mm, empty, np.random.default_rng(4), skull=None,
+                                        spacing_range=(4.0, 6.0))
+    images, transforms, brain, report = prepare_study(series, "t1c", register=None, n4=False)
+    assert report.skull.stripped and set(transforms) == {"t1n", "t2w", "t2f"}
+    assert brain is not None
+    from Testing.conftest import REAL_CASE
+
+    raw = sitk.ReadImage(str(REAL_CASE / f"{REAL_CASE.name}-t1c.nii.gz"))  # brats_2mm is smoothed: count at 1 mm
+    truth_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(raw) > 0)) * float(np.prod(raw.GetSpacing())) / 1000.0
+    found_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(brain))) * float(np.prod(brain.GetSpacing())) / 1000.0
+    assert 0.85 < found_ml / truth_ml < 1.3, (found_ml, truth_ml)
+    # series on the reference's grid keep the old behaviour: their foreground is the brain
+    assert prepare_study(dict(brats_2mm), "t1c", register=None, n4=False)[2] is None

@@ -12,10 +12,9 @@ def _segment(images, model=None, device="auto", progress=None, reference=None, r
     """The signature of ``pipeline.segment``."""
 
 
-def test_options_come_from_the_pipeline_signature_unless_it_declares_them():
+def test_options_come_from_the_pipeline_signature():
     found = segment_options(SimpleNamespace(segment=_segment))
     assert found == {"register": None, "n4": False, "brain_mask_out": False, "output_spacing": None}
-    assert segment_options(SimpleNamespace(segment=_segment, SEGMENT_OPTIONS={"tta": False})) == {"tta": False}
 
 
 def test_the_gui_options_reach_the_pipeline_and_unknown_ones_are_reported():
