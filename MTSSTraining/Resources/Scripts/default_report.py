@@ -102,12 +102,12 @@ def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
         if f.is_file():
             tr = json.loads(f.read_text())["training"]
             steps[run] = tr.get("steps_trained") or tr["epochs"] * tr["steps_per_epoch"]
-    device = "an NVIDIA GPU" if str(t.get("device", "")).startswith("cuda") else "a 2-core CPU"
+    gpu = str(t.get("device", "")).startswith("cuda")
     base = (runs / "teacher-base").is_dir()
     L = ["**Trained on synthetic data only** (`mtss synth`, MNI152 anatomy with simulated tumours), on "
-         f"{device}, at {meta['preprocessing']['spacing_mm'][0]:g} mm working spacing, with patches of "
-         f"{t['patch'][0]}³ in batches of {t['batch']}"
-         + (f", {'bf16' if t.get('amp') else 'fp32'}" if device != "a 2-core CPU" else "") + ". Steps trained: "
+         f"{'an NVIDIA GPU' if gpu else 'a 2-core CPU'}, at {meta['preprocessing']['spacing_mm'][0]:g} mm working "
+         f"spacing, with patches of {t['patch'][0]}³ in batches of {t['batch']}"
+         + (f", {'bf16' if t.get('amp') else 'fp32'}" if gpu else "") + ". Steps trained: "
          + ", ".join(f"{k} {v}" for k, v in steps.items()) + ". It is not a clinically validated model, and "
          "every Dice below is measured on held-out *synthetic* cases.", ""]
     L += [f"Recipe (`train_default.py`): five population teachers (ResUNet {teacher_ch[0]}→{teacher_ch[-1]} channels"

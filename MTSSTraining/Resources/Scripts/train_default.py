@@ -84,8 +84,11 @@ def train_opts(p: dict, steps: tuple[int, int], device: str, minutes: float | No
     return opts + (["--amp"] if p["amp"] else [])
 
 
-def done(run: Path) -> bool:
-    return (run / "model.json").is_file() and (run / "model.safetensors").is_file()
+def done(path: Path) -> bool:
+    """A run folder (no suffix) is done when its bundle is written; a file when it exists."""
+    if path.suffix:
+        return path.is_file()
+    return (path / "model.json").is_file() and (path / "model.safetensors").is_file()
 
 
 @dataclass
@@ -99,7 +102,7 @@ class Job:
     needs: list[Path] = field(default_factory=list)
 
     def finished(self) -> bool:
-        return done(self.target) if self.target.suffix == "" else self.target.is_file()
+        return done(self.target)
 
 
 def run_jobs(jobs: list[Job], parallel: int, wait: bool, w: Path, timings: dict[str, float], save) -> None:
@@ -117,7 +120,7 @@ def run_jobs(jobs: list[Job], parallel: int, wait: bool, w: Path, timings: dict[
         for j in list(pending):
             if failed or len(running) >= parallel:
                 break
-            missing = [n for n in j.needs if not (done(n) if n.suffix == "" else n.is_file())]
+            missing = [n for n in j.needs if not done(n)]
             if missing and not running and not wait and not any(
                     o.target in missing for o in pending if o is not j):
                 raise SystemExit("these runs are not finished yet: " + ", ".join(str(m) for m in missing)
@@ -206,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             "--seed", 1, *init, *train_opts(p, p["teacher_steps"], dev, minutes.get("teacher"))], run,
             data + ([base] if init else [])))
     joint = runs / "joint"
-    jobs.append(Job("joint", "joint", [
-        "train-joint", train, "-o", joint, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
-        "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"],
-        *train_opts(p, p["joint_steps"], dev, minutes.get("joint"))], joint, data))
+    # the joint baseline and its continuation: the student's network on every population, no teachers
+    joint_args = ["train-joint", train, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
+                  "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"]]
+    jobs.append(Job("joint", "joint", [*joint_args, "-o", joint,
+                                       *train_opts(p, p["joint_steps"], dev, minutes.get("joint"))], joint, data))
     teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
     student = runs / "student"
     # Distilling the student from scratch with all five KD terms collapsed on the CPU budget (constant outputs,
@@ -232,9 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if p["student_init"] == "joint":
         controls = [continued]
         jobs.append(Job("joint_continued", "joint-continued", [
-            "train-joint", train, "-o", continued, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
-            "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"], "--name", "joint-continued",
-            "--init", joint, *train_opts(p, p["student_steps"], dev, minutes.get("student"))], continued, [joint]))
+            *joint_args, "-o", continued, "--name", "joint-continued", "--init", joint,
+            *train_opts(p, p["student_steps"], dev, minutes.get("student"))], continued, [joint]))
     # The ablation: one run with every KD term and one without each, all with the same budget (and, where the
     # profile says so, all fine-tuned from the joint baseline, so that they differ only in the KD terms).
     ablations = []
