@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 from .constants import LABELS, MODALITY_CODES, POPULATION_CODES, REGION_CODES
 from .errors import BundleError
+from .io import new_file_mode
 from .netconfig import NetworkConfig
 
 if TYPE_CHECKING:
@@ -148,6 +149,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -133,11 +133,16 @@ def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool 
         transforms = {c: r.transform for c, r in report.registrations.items()}
         report.registered = True
         timings["registration"] = time.perf_counter() - t
+    # Skull-stripped series that share the reference's grid: their foreground is the brain (as in training).
+    # Series resampled onto it (thick, oblique, moved) smear that foreground outwards, and the union of
+    # them was nearly twice the brain (3.1 L for a 1.6 L brain on 4-6 mm draws), which shifted the
+    # intensity normalisation and inflated the tumour; the mask of the best series is used instead.
+    ref_grid = Grid.of(images[reference])
+    resampled = bool(transforms) or any(not Grid.of(img).same_as(ref_grid) for img in images.values())
     t = time.perf_counter()
-    mask, evidence = brain_mask(images, reference, transforms)
+    mask, evidence = brain_mask(images, reference, transforms, stripped_mask=resampled)
     report.skull = evidence
     timings["brain_mask"] = time.perf_counter() - t
-    ref_grid = Grid.of(images[reference])
     coarse: sitk.Image | None = None
     for code, img in images.items():
         if code == reference:
@@ -145,16 +150,12 @@ def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool 
         if code not in transforms and Grid.of(img).same_as(ref_grid):
             report.coverage[code] = 1.0
             continue
-        if coarse is None:  # the brain at 4 mm is plenty to measure coverage
+        if coarse is None:  # the brain at 4 mm is plenty to measure coverage (resampled: the mask exists)
+            assert mask is not None
             coarse = sitk.Cast(working_image(mask, 4.0) > 0.5, sitk.sitkUInt8)
         report.coverage[code] = coverage(coarse, img, transforms.get(code))
     report.warnings = input_warnings(images, report)
-    # Skull-stripped series that share the reference's grid: their foreground is the brain (as in training).
-    # Series resampled onto it (thick, oblique, moved) smear that foreground outwards, and the union of
-    # them was nearly twice the brain (3.1 L for a 1.6 L brain on 4-6 mm draws), which shifted the
-    # intensity normalisation and inflated the tumour; the mask of the best series is used instead.
-    resampled = bool(transforms) or any(not Grid.of(img).same_as(ref_grid) for img in images.values())
-    return images, transforms, (mask if resampled or not evidence.stripped else None), report
+    return images, transforms, mask, report
 
 
 def isotropic_grid(reference: sitk.Image, spacing_mm: float) -> Grid:

@@ -124,6 +124,21 @@ def read_labels(path: str | Path) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkUInt8)
 
 
+def _read_umask() -> int:
+    """The process umask (read once: setting it to read it is not thread-safe later on)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def new_file_mode() -> int:
+    """Permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes its files 0600)."""
+    return 0o666 & ~_UMASK
+
+
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
     """Write atomically: to a temporary file beside the target, then rename."""
     p = Path(path)
@@ -138,6 +153,7 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> P
         raise OutputError(f"Cannot write to '{parent}': {exc.strerror or exc}. Choose a writable output folder.") from exc
     try:
         sitk.WriteImage(image, tmp, compress)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, p)
     except (RuntimeError, OSError) as exc:
         if os.path.exists(tmp):

@@ -60,7 +60,7 @@ def label_volumes_ml(label: sitk.Image) -> dict[str, float]:
     """Volume in mL of each label (NCR, ED, ET) and region (WT, TC, ET)."""
     arr = sitk.GetArrayViewFromImage(label)
     voxel_ml = float(np.prod(label.GetSpacing())) / 1000.0
-    counts = np.bincount(np.asarray(arr, dtype=np.int64).ravel(), minlength=4)
+    counts = [0] + [int(np.count_nonzero(arr == v)) for v in (1, 2, 3)]  # no int64 copy of the volume
     out = {lab.code: float(counts[lab.value] * voxel_ml) for lab in LABELS}
     for reg in REGIONS:
         out[reg.code] = float(sum(counts[v] for v in reg.labels) * voxel_ml)

@@ -223,7 +223,8 @@ def is_skull_stripped(image: sitk.Image) -> bool:
 
 
 def brain_mask(images: dict[str, sitk.Image] | sitk.Image, reference: str | None = None,
-               transforms: dict[str, sitk.Transform] | None = None) -> tuple[sitk.Image, SkullEvidence]:
+               transforms: dict[str, sitk.Transform] | None = None, stripped_mask: bool = True
+               ) -> tuple[sitk.Image | None, SkullEvidence]:
     """A binary brain mask (uint8) on the reference image's grid, and the skull evidence it was based on.
 
     The series with the best contrast for it (t1n, t1c, t2f, t2w in that order) decides whether the skull
@@ -235,6 +236,8 @@ def brain_mask(images: dict[str, sitk.Image] | sitk.Image, reference: str | None
         images: ``{modality: image}`` or a single image (then it is the reference).
         reference: reference modality (default t1c > t1n > t2w > t2f).
         transforms: registration transforms of the non-reference series.
+        stripped_mask: also return the mask when the skull is off (False: None then, which saves bringing
+            it onto the reference grid when the caller would not use it).
     """
     if isinstance(images, sitk.Image):
         images, ref, source = {"image": images}, "image", "image"
@@ -248,6 +251,8 @@ def brain_mask(images: dict[str, sitk.Image] | sitk.Image, reference: str | None
     mask = head if evidence.stripped else extract_brain(arr, spacing, head)
     log.info("brain from %s (%s): %.0f mL", source, "skull-stripped" if evidence.stripped else "skull on",
              float(mask.sum()) * float(np.prod(spacing)) / 1000.0)
+    if evidence.stripped and not stripped_mask:
+        return None, evidence
     m = sitk.GetImageFromArray(mask.astype(np.float32))
     m.CopyInformation(working)
     tf = (transforms or {}).get(source, sitk.Transform()) if source != ref else sitk.Transform()

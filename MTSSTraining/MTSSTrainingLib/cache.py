@@ -24,7 +24,8 @@ import numpy as np
 from MTSSSegmenterLib.constants import MODALITY_CODES, REGION_CODES
 from MTSSSegmenterLib.errors import MTSSError
 from MTSSSegmenterLib.io import read_image, read_labels
-from MTSSSegmenterLib.preprocess import PreparedCase, prepare_case
+from MTSSSegmenterLib.clinical import prepare_study
+from MTSSSegmenterLib.preprocess import PreparedCase, prepare_case, reference_modality, validate_inputs
 
 from .data import BrokenCase, CaseRecord
 from .distributed import DistContext
@@ -32,7 +33,7 @@ from .distributed import DistContext
 log = logging.getLogger(__name__)
 
 N_MOD = len(MODALITY_CODES)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: cases go through prepare_study (registration, brain extraction) as in segment
 
 
 @dataclass
@@ -73,10 +74,18 @@ def from_prepared(name: str, population: str, prepared: PreparedCase,
 
 
 def prepare_record(record: CaseRecord, preprocessing: dict[str, Any]) -> CachedCase:
-    """Read and prepare one case from its files (raises :class:`MTSSError` or OSError when it cannot)."""
-    images = {code: read_image(path, f"{record.name} {code}") for code, path in record.files.items()}
+    """Read and prepare one case from its files (raises :class:`MTSSError` or OSError when it cannot).
+
+    The case goes through what ``mtss segment`` does before the network: :func:`prepare_study` registers
+    series on their own grids to the reference (a clinical study, e.g. ``mtss synth --clinical``; its label
+    map lies on the reference's grid), detects a skull and extracts the brain, then :func:`prepare_case`.
+    Skull-stripped cases on one grid pass through unchanged (no transforms, their foreground is the brain).
+    """
+    images = validate_inputs({code: read_image(path, f"{record.name} {code}") for code, path in record.files.items()})
     seg = read_labels(record.seg) if record.seg else None
-    prepared = prepare_case(images, preprocessing, seg=seg)
+    ref = reference_modality(images)
+    images, transforms, brain, _ = prepare_study(images, ref)
+    prepared = prepare_case(images, preprocessing, seg=seg, reference=ref, transforms=transforms, brain_mask=brain)
     return from_prepared(record.name, record.population, prepared, record.labels)
 
 

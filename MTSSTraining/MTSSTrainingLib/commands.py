@@ -75,7 +75,8 @@ def _kd_options(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _training_options(p: argparse.ArgumentParser, command: str) -> None:
-    p.add_argument("data", help="data folder of BraTS case folders (or `mtss synth` output)")
+    p.add_argument("data", nargs="+", help="data folder(s) of BraTS case folders (or `mtss synth` output, e.g. an "
+                                           "aligned and a --clinical cohort together)")
     p.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder (checkpoints, logs, final bundle)")
     p.add_argument("--network", metavar="CONFIG", default=None,
                    help=f"network config: JSON file or shipped name (default {DEFAULT_NETWORKS[command]}"
@@ -168,7 +169,7 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
     from .evaluate import parse_modalities
 
     subsets = [parse_modalities(text) for text in args.val_subsets]
-    return TrainConfig(command=command, data=[args.data], out=args.output, network=network, epochs=args.epochs,
+    return TrainConfig(command=command, data=list(args.data), out=args.output, network=network, epochs=args.epochs,
                        steps_per_epoch=args.steps_per_epoch, patch=tuple(args.patch), batch=args.batch, lr=args.lr,
                        schedule=args.schedule, device=args.device, amp=args.amp, seed=args.seed, workers=args.workers,
                        val_fraction=args.val_fraction, spacing=args.spacing, mapping=args.mapping, init=args.init,

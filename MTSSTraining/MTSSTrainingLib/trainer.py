@@ -324,10 +324,10 @@ class Trainer:
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                     for k, v in terms.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
-                    rate = (time.monotonic() - started) / steps_this_session
-                    eta = rate * (total_steps - global_step)
+                    session_s = time.monotonic() - started
+                    eta = session_s / steps_this_session * (total_steps - global_step)
                     if limit_s is not None:
-                        left = limit_s - (elapsed_before + time.monotonic() - started)
+                        left = limit_s - (elapsed_before + session_s)
                         out_of_time = d.all_reduce_max(1.0 if left <= 0 else 0.0) > 0
                         eta = max(0.0, min(eta, left))
                     self._notify(stage="training", epoch=epoch + 1, epochs=c.epochs, step=global_step,

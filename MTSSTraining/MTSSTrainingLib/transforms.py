@@ -131,14 +131,17 @@ def bias_field(shape: Sequence[int], rng: np.random.Generator, strength: float) 
 
 
 def degrade(image: torch.Tensor, brain: torch.Tensor, rng: np.random.Generator, config: AugmentConfig,
-            spacing_zyx: Sequence[float]) -> torch.Tensor:
+            spacing_zyx: Sequence[float], present: Sequence[float] | None = None) -> torch.Tensor:
     """Clinical degradations of z-scored channels (4, Z, Y, X) in place of a clinical acquisition: per
-    channel, thick slices and/or a bias field, then z-scored again within ``brain`` (as preprocessing does)."""
+    channel, thick slices and/or a bias field, then z-scored again within ``brain`` (as preprocessing does).
+    Channels whose ``present`` entry is 0 (a modality the case lacks: zeros) are left alone."""
     inside = brain > 0.5
     if not bool(inside.any()):
         return image
     out = image.clone()
     for c in range(image.shape[0]):
+        if present is not None and not present[c]:
+            continue
         x = out[c]
         changed = False
         if rng.random() < config.bias_prob:
@@ -283,7 +286,7 @@ class PatchSampler:
         if tuple(image.shape[1:]) != c.patch:  # no affine resampling: centre-crop the margin away
             image, label, brain = (_centre_crop(t, c.patch) for t in (image, label, brain))
         if c.thick_slice_prob > 0 or c.bias_prob > 0:
-            image = degrade(image.float(), brain[0], rng, c, case.spacing_zyx)
+            image = degrade(image.float(), brain[0], rng, c, case.spacing_zyx, case.present)
         image = image * (brain > 0.5) * torch.from_numpy(case.present)[:, None, None, None]
         keep = choose_subset(rng, case.present, c.modality_dropout, c.common_subset_prob)
         labels = label[0].round().clamp(0, 3).to(torch.uint8)

@@ -25,6 +25,10 @@ def test_roundtrip_gives_identical_weights(tiny_bundle):
         assert torch.equal(v, w), k
     assert b.meta["weights_sha256"] and b.supports(["t1c", "t2f"]) and not b.supports([])
     assert "any non-empty subset" in b.card()
+    from MTSSSegmenterLib.io import new_file_mode
+
+    for name in ("model.json", "model.safetensors"):  # shareable like any file the user writes
+        assert (tiny_bundle / name).stat().st_mode & 0o777 == new_file_mode(), name
 
 
 def test_tampered_weights_fail_the_checksum(tiny_bundle, tmp_path):

@@ -74,6 +74,10 @@ def test_bad_files(tmp_path):
 def test_write_is_atomic_and_unwritable_is_reported(tmp_path):
     out = write_image(make_volume(), tmp_path / "sub" / "x.nii.gz")
     assert out.is_file() and not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    # readable as a plain write would leave it (the temporary file's 0600 is not kept)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     with pytest.raises(OutputError, match="Cannot write"):

@@ -94,6 +94,9 @@ def test_stripped_brain_mask_is_the_foreground(brats):
     assert evidence.stripped
     truth = sitk.Cast(brats["t1c"] > 50, sitk.sitkUInt8)
     assert dice(mask, truth) > 0.95
+    # when the caller keeps the foreground itself, the same verdict comes without the mask
+    none, again = brain_mask({"t1c": brats["t1c"], "t2f": brats["t2f"]}, stripped_mask=False)
+    assert none is None and again == evidence
 
 
 @requires_colin

@@ -209,11 +209,12 @@ def test_clinical_degradations_keep_channels_z_scored_in_the_brain_and_change_th
     image = torch.from_numpy(np.asarray(case.image, dtype=np.float32))
     brain = torch.from_numpy(case.brain)
     config = AugmentConfig(patch=(16, 16, 16), thick_slice_prob=1.0, bias_prob=1.0, thick_slice_mm=(8.0, 12.0))
-    out = degrade(image, brain, np.random.default_rng(0), config, case.spacing_zyx)
+    out = degrade(image, brain, np.random.default_rng(0), config, case.spacing_zyx, case.present)
     for c in (0, 1, 3):
         v = out[c][brain]
         assert float(v.mean()) == pytest.approx(0.0, abs=1e-4) and float(v.std()) == pytest.approx(1.0, abs=1e-3)
         assert not torch.allclose(out[c], image[c], atol=0.05)
+    assert torch.equal(out[2], image[2])  # channel 2 is missing in this case: not degraded (it stays zeros)
     with pytest.raises(ValueError, match="thick_slice_mm"):
         AugmentConfig(thick_slice_mm=(6.0, 2.0))
     with pytest.raises(ValueError, match="bias_prob"):

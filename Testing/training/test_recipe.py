@@ -39,6 +39,12 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
     student_meta = json.loads((runs / "student" / "model.json").read_text())
     assert student_meta["training"]["init_from"]["name"] == "joint"  # the student starts from the joint baseline
     assert json.loads((runs / "joint-continued" / "model.json").read_text())["training"]["init_from"]["name"] == "joint"
+    # the joint baseline, its continuation and the student also train on the clinical studies
+    clinical = str(work / "train-clinical")
+    for name in ("joint", "joint-continued", "student"):
+        data = json.loads((runs / name / "model.json").read_text())["training"]["data"]
+        assert data == [str(work / "train"), clinical], (name, data)
+    assert student_meta["training"]["cases"]["left_out"] == []
     report = json.loads((work / "reports" / "all" / "report.json").read_text())
     roles = [m["role"] for m in report["models"].values()]
     # student, joint, its continuation and the five teachers, plus the teacher ensemble; the ablation runs

@@ -218,3 +218,38 @@ def test_bad_skull_probability_names_the_value():
     with pytest.raises(InputError) as err:
         generate_clinical_case("GLI", 0, spacing=8.0, skull_prob=-0.1)
     assert "-0.1" in str(err.value)
+
+
+def test_training_prepares_a_clinical_study_as_segment_does(cohort_dir):
+    """A clinical study in a training cohort goes through registration and brain extraction (skull on here),
+    so its prepared brain and tumour match those of the aligned case it was drawn from."""
+    from MTSSSegmenterLib.bundle import DEFAULT_PREPROCESSING
+    from MTSSTrainingLib.cache import prepare_record
+    from MTSSTrainingLib.data import CaseRecord
+
+    prep = {**DEFAULT_PREPROCESSING, "spacing_mm": [SPACING] * 3}
+    case = CASES[0]
+    clinical = prepare_record(discover(cohort_dir).by_name()[case], prep)
+    aligned_dir = cohort_dir / case / "aligned"
+    f = files(aligned_dir, case)
+    aligned = prepare_record(CaseRecord(case, aligned_dir, "GLI", {m: f[m] for m in MODALITY_CODES}, f["seg"],
+                                        "aligned"), prep)
+    voxel_ml = SPACING**3 / 1000
+    brain_c, brain_a = clinical.brain.sum() * voxel_ml, aligned.brain.sum() * voxel_ml
+    wt_c, wt_a = (clinical.seg > 0).sum() * voxel_ml, (aligned.seg > 0).sum() * voxel_ml
+    # without brain extraction the skull-on head (about twice the brain) would be the normalisation region
+    assert abs(brain_c / brain_a - 1) < 0.2, (brain_c, brain_a)
+    assert wt_a > 5 and abs(wt_c / wt_a - 1) < 0.25, (wt_c, wt_a)
+    # the image is normalised over that brain: median about 0 inside it, as for the aligned case
+    assert abs(float(np.median(clinical.image[1][clinical.brain]))) < 0.5
+
+
+def test_first_index_numbers_a_second_cohort_apart():
+    from MTSSTrainingLib.synth.cohort import plan
+
+    tasks = plan(2, ["GLI"], seed=3, spacing=SPACING, clinical=True, first_index=50000)
+    assert [t.case_id for t in tasks] == ["BraTS-GLI-50000-000", "BraTS-GLI-50001-000"]
+    assert [t.seed for t in tasks] == [3 * SEED_STRIDE + 50000, 3 * SEED_STRIDE + 50001]
+    for bad in (-1, SEED_STRIDE - 1):
+        with pytest.raises(InputError, match="first case index"):
+            plan(2, ["GLI"], first_index=bad)

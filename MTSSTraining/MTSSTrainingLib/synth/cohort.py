@@ -73,7 +73,7 @@ class CaseTask:
 
 
 def plan(cases: int, populations: Iterable[str] | None = None, seed: int = 0, spacing: float = 1.0,
-         clinical: bool = False, skull_prob: float = 0.5) -> list[CaseTask]:
+         clinical: bool = False, skull_prob: float = 0.5, first_index: int = 0) -> list[CaseTask]:
     """The tasks of a cohort, population by population (in BraTS order: GLI PED SSA MEN MET), validated.
 
     Raises:
@@ -86,6 +86,10 @@ def plan(cases: int, populations: Iterable[str] | None = None, seed: int = 0, sp
     seed = check_seed(seed)
     spacing = check_spacing(spacing)
     skull_prob = check_probability(skull_prob)
+    if isinstance(first_index, bool) or not isinstance(first_index, (int, np.integer)) or not (
+            0 <= first_index and first_index + cases <= MAX_CASES):
+        raise InputError(f"The first case index must be an integer from 0 with index + cases at most {MAX_CASES} "
+                         f"(got {first_index!r} with {cases} cases); e.g. --first-index 1000.")
     pops = list(POPULATION_CODES if populations is None else populations)
     if not pops:
         raise InputError(f"No population given; choose from {', '.join(POPULATION_CODES)}.")
@@ -96,7 +100,7 @@ def plan(cases: int, populations: Iterable[str] | None = None, seed: int = 0, sp
             codes.append(code)
     codes.sort(key=POPULATION_CODES.index)
     return [CaseTask(code, i, seed * SEED_STRIDE + i, spacing, bool(clinical), skull_prob)
-            for code in codes for i in range(int(cases))]
+            for code in codes for i in range(int(first_index), int(first_index) + int(cases))]
 
 
 def check_writable(out_dir: str | Path) -> Path:
@@ -232,7 +236,8 @@ def iter_cases(cases: int, populations: Iterable[str] | None = None, seed: int =
 
 def write_cohort(out_dir: str | Path, cases: int, populations: Iterable[str] | None = None, seed: int = 0,
                  spacing: float = 1.0, workers: int = 1, preview: bool = False,
-                 progress: Progress | None = None, clinical: bool = False, skull_prob: float = 0.5) -> dict:
+                 progress: Progress | None = None, clinical: bool = False, skull_prob: float = 0.5,
+                 first_index: int = 0) -> dict:
     """Write a synthetic cohort in the BraTS 2023 layout and its ``cohort.json``; return that document.
 
     Args:
@@ -248,11 +253,13 @@ def write_cohort(out_dir: str | Path, cases: int, populations: Iterable[str] | N
             the aligned case in ``<case>/aligned/`` and the drawn acquisition in ``<case>/acquisition.json``
             and the case's ``cohort.json`` entry.
         skull_prob: with ``clinical``, the probability that a case's series show the skull and scalp.
+        first_index: number of the first case of each population (``BraTS-GLI-01000-000`` for 1000), so that
+            cohorts trained on together have distinct case names.
 
     Raises:
         InputError: for bad arguments; OutputError: when ``out_dir`` cannot be written.
     """
-    tasks = plan(cases, populations, seed, spacing, clinical, skull_prob)
+    tasks = plan(cases, populations, seed, spacing, clinical, skull_prob, first_index)
     out = check_writable(out_dir)
     start = time.perf_counter()
     entries = []

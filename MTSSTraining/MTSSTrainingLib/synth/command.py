@@ -56,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "with the aligned case in <case>/aligned/")
     parser.add_argument("--skull-prob", type=float, default=None, metavar="P",
                         help="with --clinical, probability that a case shows the skull and scalp (default 0.5)")
+    parser.add_argument("--first-index", type=int, default=0, metavar="I",
+                        help="number of each population's first case (default 0; e.g. 1000 for a second cohort "
+                             "trained beside the first, whose case names must differ)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(func=run)
     return parser
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = write_cohort(args.out_dir, cases=args.cases, populations=args.populations, seed=args.seed,
                            spacing=args.spacing, workers=args.workers, preview=args.preview, progress=progress,
-                           clinical=args.clinical, skull_prob=skull_prob)
+                           clinical=args.clinical, skull_prob=skull_prob, first_index=args.first_index)
     except (MTSSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -54,8 +54,6 @@ def real_case(student: Path, out_png: Path) -> list[str]:
         return [f"The real case was not found at {REAL}; skipped."]
     r = segment_folder(REAL, model=str(student), device="cpu")
     flair = sitk.ReadImage(str(REAL / "BraTS-GLI-00001-000-t2f.nii.gz"))
-    render_overlay(flair, r.label, out_png, "Real BraTS-GLI-00001-000 (FLAIR) segmented by the default student: "
-                   "largest component")
     lab = sitk.DICOMOrient(r.label, "LPS")
     arr = sitk.GetArrayFromImage(lab) > 0  # z, y, x in LPS
     comps, n = ndimage.label(arr, structure=np.ones((3, 3, 3)))
@@ -67,6 +65,8 @@ def real_case(student: Path, out_png: Path) -> list[str]:
         order = np.argsort(sizes)[::-1]
         big = order[0] + 1
         zyx = np.argwhere(comps == big).mean(0)
+        render_overlay(flair, r.label, out_png, "Real BraTS-GLI-00001-000 (FLAIR) segmented by the default "
+                       "student: largest component", centre_zyx=tuple(np.round(zyx).astype(int)))
         brain = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(REAL / "BraTS-GLI-00001-000-t2f.nii.gz")),
                                                         "LPS")) > 0
         centre = np.argwhere(brain).mean(0)
@@ -86,6 +86,8 @@ def real_case(student: Path, out_png: Path) -> list[str]:
         others = sorted((float(sizes[i]) for i in order[1:]), reverse=True)
         lines.append("Other components: " + (", ".join(f"{v:.2f}" for v in others[:8]) + " mL"
                                                if others else "none") + ".")
+    else:
+        render_overlay(flair, r.label, out_png, "Real BraTS-GLI-00001-000 (FLAIR): no tumour found")
     return lines
 
 

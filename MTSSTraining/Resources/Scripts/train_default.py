@@ -5,14 +5,16 @@ distilled student (all KD terms) -> evaluation -> bundle in the segmenter's pack
 Anyone can rerun it. Three profiles:
 
 * ``--profile gpu``: about 21 minutes of one H100 (2 mm working spacing, teachers 16→256 channels beside the
-  7→112 student, every run time-limited, independent runs sharing the GPU). The bundle shipped today was made with it.
-* ``--profile cpu``: what fits a 2-core CPU in about 1.5 hours with two processes sharing the steps (3 mm
-  working spacing, small networks, about a thousand steps per network).
+  7→112 student, every run time-limited, independent runs sharing the GPU).
+* ``--profile cpu``: what fits a 2-core CPU in about an hour with ``--parallel 2`` (3 mm working spacing, small
+  networks, about a thousand steps per network). The bundle shipped today was made with it.
 * ``--profile tiny``: every step for a few seconds, for the test suite.
 
 The student starts from the joint baseline's weights (distilling it from scratch with all five KD terms
 collapsed to constant outputs on the CPU budget); ``joint-continued`` trains the joint baseline for the
-same extra steps without teachers, the fair comparison.
+same extra steps without teachers, the fair comparison. Both, and the joint baseline they start from, also
+train on a small cohort of clinical studies (``mtss synth --clinical``: own grid per series, head motion,
+skull on half of them), prepared through registration and brain extraction as ``mtss segment`` prepares them.
 
 Usage::
 
@@ -47,7 +49,8 @@ PROFILES = {
     "cpu": {"cases": 24, "test_cases": 6, "synth_spacing": 2.0, "spacing": 3.0, "patch": 48, "batch": 2, "lr": 2e-3,
             "teacher": "teacher_cpu", "student": "student_default", "teacher_base_steps": (8, 125),
             "teacher_steps": (1, 150), "joint_steps": (8, 110), "student_steps": (4, 110), "student_init": "joint",
-            "ablation_steps": (1, 150), "ablation_init": "joint", "clinical_augment": 0.3, "amp": False},
+            "ablation_steps": (1, 150), "ablation_init": "joint", "clinical_augment": 0.3, "amp": False,
+            "clinical_cases": 6},
     # One H100 for about 21 minutes (most of the device budget of a development session): every training run is
     # time-limited (minutes below; the learning-rate schedule follows the clock), the independent runs share
     # the GPU (--parallel 8: five teachers beside the joint baseline, then the student beside its control, then
@@ -56,7 +59,7 @@ PROFILES = {
             "teacher": "teacher_gpu", "student": "student_default", "teacher_base_steps": None,
             "teacher_steps": (50, 200), "joint_steps": (50, 200), "student_steps": (50, 200), "student_init": "joint",
             "ablation_steps": (50, 200), "ablation_init": "joint", "clinical_augment": 0.3, "amp": True,
-            "workers": 3, "parallel": 8, "synth_workers": 16,
+            "workers": 3, "parallel": 8, "synth_workers": 16, "clinical_cases": 10,
             "minutes": {"teacher": 5.0, "joint": 5.0, "student": 5.5, "ablation": 3.5},
             # The run of 2026-11-23 distilled at 2e-3 beside the ablation: the KD terms pulled the student away
             # from the joint baseline (validation Dice 0.50 -> 0.22) and 337 steps did not bring it back.
@@ -66,7 +69,7 @@ PROFILES = {
     "tiny": {"cases": 2, "test_cases": 1, "synth_spacing": 4.0, "spacing": 4.0, "patch": 16, "batch": 1, "lr": 1e-3,
              "teacher": "tiny", "student": "tiny", "teacher_base_steps": (1, 2), "teacher_steps": (1, 1),
              "joint_steps": (1, 2), "student_steps": (1, 1), "student_init": "joint", "ablation_steps": (1, 1),
-             "ablation_init": "joint", "clinical_augment": 0.3, "amp": False, "parallel": 2},
+             "ablation_init": "joint", "clinical_augment": 0.3, "amp": False, "parallel": 2, "clinical_cases": 1},
 }
 
 
@@ -192,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
                                         p.get("test_spacing", p["synth_spacing"]), "--seed", 2000, "--workers",
                                         p.get("synth_workers", 2)], test / "cohort.json")]
     data = [train / "cohort.json"]
+    # Clinical studies (own grid per series, head motion, bias field, skull on half of them) for the joint
+    # baseline, its continuation and the student: prepared for training as `mtss segment` prepares them
+    # (registration, brain extraction), so that the student learns what the pipeline gives it on scanner data.
+    clinical = w / "train-clinical"
+    mixed: list[object] = [train]
+    if p.get("clinical_cases"):
+        jobs.append(Job("synth_clinical", "synth", [
+            "synth", clinical, "--cases", p["clinical_cases"], "--spacing", p["synth_spacing"], "--seed", 3000,
+            "--clinical", "--first-index", 50000, "--workers", p.get("synth_workers", 2)], clinical / "cohort.json"))
+        mixed.append(clinical)
+    mixed_data = data + [clinical / "cohort.json"] if p.get("clinical_cases") else data
     runs = w / "runs"
     init: list[object] = []
     if p["teacher_base_steps"]:
@@ -210,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             data + ([base] if init else [])))
     joint = runs / "joint"
     # the joint baseline and its continuation: the student's network on every population, no teachers
-    joint_args = ["train-joint", train, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
+    joint_args = ["train-joint", *mixed, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
                   "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"]]
     jobs.append(Job("joint", "joint", [*joint_args, "-o", joint,
-                                       *train_opts(p, p["joint_steps"], dev, minutes.get("joint"))], joint, data))
+                                       *train_opts(p, p["joint_steps"], dev, minutes.get("joint"))], joint, mixed_data))
     teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
     student = runs / "student"
     # Distilling the student from scratch with all five KD terms collapsed on the CPU budget (constant outputs,
@@ -226,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     def distil(name: str, run: Path, kd: tuple[str, ...], steps: tuple[int, int], init: list[object],
                limit: float | None, after: list[Path] | None = None) -> Job:
         return Job(name, "student" if run == student else "ablation", [
-            "distill", train, "--teachers", *teacher_args, "-o", run, "--student", CONFIGS / f"{p['student']}.json",
+            "distill", *(mixed if run == student else [train]), "--teachers", *teacher_args, "-o", run, "--student", CONFIGS / f"{p['student']}.json",
             "--kd", ",".join(kd), "--seed", 1, "--name", "mtss-default" if run == student else run.name,
             "--clinical-augment", p["clinical_augment"], *init, *train_opts(p, steps, dev, limit, p.get("distil_lr"))],
-            run, list(teachers.values()) + ([joint] if init else []) + (after or []))
+            run, list(teachers.values()) + ([joint] if init else []) + (after or []) + mixed_data)
 
     jobs.append(distil("student", student, KD_TERMS, p["student_steps"], student_init, minutes.get("student")))
     controls = []
