@@ -169,11 +169,14 @@ class CaseCache:
             run's working spacing, plus ``modality_encoding``).
         folder: where cases that do not fit in memory go (``RUN/cache``); None keeps everything in RAM.
         budget_bytes: RAM for arrays; None: :func:`default_budget`.
+        persist: write every prepared case to ``folder`` (not only those beyond the budget), so that other
+            runs with the same preprocessing find it there (checked against the files' size and time).
     """
 
     def __init__(self, preprocessing: dict[str, Any], folder: str | Path | None = None,
-                 budget_bytes: int | None = None, dist: DistContext | None = None) -> None:
+                 budget_bytes: int | None = None, dist: DistContext | None = None, persist: bool = False) -> None:
         self.preprocessing = dict(preprocessing)
+        self.persist = persist and folder is not None
         self.dist = dist or DistContext()
         self.budget = default_budget(self.dist.world) if budget_bytes is None else int(budget_bytes)
         key = hashlib.sha256(json.dumps([CACHE_VERSION, self.preprocessing], sort_keys=True).encode()).hexdigest()[:12]
@@ -222,6 +225,9 @@ class CaseCache:
                 log.warning("Leaving out case %s: %s", result.name, result.reason)
             elif shared:
                 self._write(result, stamp)
+            elif self.persist:
+                self._write(result, stamp)
+                self._load_disk(result.name)
             elif self.used + result.nbytes <= self.budget or self.folder is None:
                 self._memory[result.name] = result
                 self.used += result.nbytes

@@ -101,6 +101,9 @@ def _training_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--mapping", metavar="JSON", default=None,
                    help="JSON {case: population} and/or labelled regions per dataset (see data.py)")
     p.add_argument("--cache-gb", type=float, default=None, help="RAM for prepared cases (default: a third of free memory)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="keep every prepared case in DIR and reuse it in other runs with the same working spacing "
+                        "(clinical studies take seconds each to register; default: prepare them again per run)")
     p.add_argument("--modality-dropout", type=float, default=None,
                    help=f"probability of a random modality subset per sample (default {DEFAULT_DROPOUT[command]})")
     p.add_argument("--clinical-augment", type=float, default=0.0, metavar="P",
@@ -173,7 +176,7 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
                        steps_per_epoch=args.steps_per_epoch, patch=tuple(args.patch), batch=args.batch, lr=args.lr,
                        schedule=args.schedule, device=args.device, amp=args.amp, seed=args.seed, workers=args.workers,
                        val_fraction=args.val_fraction, spacing=args.spacing, mapping=args.mapping, init=args.init,
-                       cache_gb=args.cache_gb, time_limit_min=args.time_limit_min, modality_dropout=dropout, name=args.name, val_subsets=subsets,
+                       cache_gb=args.cache_gb, cache_dir=args.cache_dir, time_limit_min=args.time_limit_min, modality_dropout=dropout, name=args.name, val_subsets=subsets,
                        augment=_clinical_augment(args.clinical_augment), **extra)
 
 

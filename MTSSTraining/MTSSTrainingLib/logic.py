@@ -57,22 +57,31 @@ def _population(code: str) -> str:
         raise InputError(str(exc)) from None
 
 
-def _check_data(dataDir: str | os.PathLike[str], needPopulation: str | None = None) -> None:
-    """A data folder that exists and holds usable labelled cases (of ``needPopulation``, if given)."""
+DataDirs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
+def _check_data(dataDir: DataDirs, needPopulation: str | None = None) -> list[str]:
+    """Data folder(s) that exist and hold usable labelled cases (of ``needPopulation``, if given); returns them
+    as a list (training commands take several, e.g. an aligned and a clinical cohort)."""
     from .data import discover
 
-    folder = Path(dataDir)
-    if not folder.is_dir():
-        raise InputError(f"The data folder '{folder}' does not exist or is not a folder. Give a folder of BraTS "
-                         "case folders (or make one with synthesize()).")
-    index = discover(folder)  # raises InputError for a folder without case folders
+    folders = [Path(dataDir)] if isinstance(dataDir, (str, os.PathLike)) else [Path(d) for d in dataDir]
+    if not folders:
+        raise InputError("No data folder given. Give a folder of BraTS case folders (or make one with synthesize()).")
+    for folder in folders:
+        if not folder.is_dir():
+            raise InputError(f"The data folder '{folder}' does not exist or is not a folder. Give a folder of BraTS "
+                             "case folders (or make one with synthesize()).")
+    index = discover(folders)  # raises InputError for a folder without case folders
+    where = "'" + "', '".join(map(str, folders)) + "'"
     if not index.cases:
         reasons = "; ".join(f"{b.name}: {b.reason}" for b in index.broken[:3])
-        raise InputError(f"The data folder '{folder}' holds no usable case ({len(index.broken)} left out: {reasons}).")
+        raise InputError(f"The data folder {where} holds no usable case ({len(index.broken)} left out: {reasons}).")
     if needPopulation and needPopulation not in index.populations():
         counts = ", ".join(f"{p} {sum(c.population == p for c in index.cases)}" for p in index.populations())
-        raise InputError(f"The data folder '{folder}' has no {needPopulation} case (it has {counts}). Add "
+        raise InputError(f"The data folder {where} has no {needPopulation} case (it has {counts}). Add "
                          f"{needPopulation} cases or train the teacher of a population it holds.")
+    return [str(f) for f in folders]
 
 
 def _check_bundle(path: str | os.PathLike[str], what: str) -> Path:
@@ -115,14 +124,14 @@ class MTSSTrainingLogic:
 
         return self._run("synth", [out], {"cases": cases, **options}, finish, waitForCompletion, progressCallback)
 
-    def trainTeacher(self, dataDir: str | os.PathLike[str], population: str, outputDir: str | os.PathLike[str],
+    def trainTeacher(self, dataDir: DataDirs, population: str, outputDir: str | os.PathLike[str],
                      epochs: int | None = None, stepsPerEpoch: int | None = None, device: str | None = "auto",
                      waitForCompletion: bool = True, progressCallback: ProgressCallback | None = None,
                      **options: Any) -> Path | TrainingJob:
         """``mtss train-teacher DATA --population POP -o RUN``: one population's expert.
 
         Args:
-            dataDir: folder of BraTS case folders.
+            dataDir: folder of BraTS case folders, or a list of such folders trained on together.
             population: ``GLI PED SSA MEN MET``.
             outputDir: the run folder; the bundle is written there (``model.safetensors`` + ``model.json``).
             epochs, stepsPerEpoch, device: as on the command line (None: the command's default).
@@ -137,23 +146,23 @@ class MTSSTrainingLogic:
             The run folder holding the bundle (or the job).
         """
         pop = _population(population)
-        _check_data(dataDir, pop)
-        return self._train("train-teacher", [dataDir], outputDir,
+        data = _check_data(dataDir, pop)
+        return self._train("train-teacher", data, outputDir,
                            {"population": pop, "epochs": epochs, "stepsPerEpoch": stepsPerEpoch, "device": device,
                             **options}, waitForCompletion, progressCallback)
 
-    def trainJoint(self, dataDir: str | os.PathLike[str], outputDir: str | os.PathLike[str],
+    def trainJoint(self, dataDir: DataDirs, outputDir: str | os.PathLike[str],
                    epochs: int | None = None, stepsPerEpoch: int | None = None, device: str | None = "auto",
                    waitForCompletion: bool = True, progressCallback: ProgressCallback | None = None,
                    **options: Any) -> Path | TrainingJob:
         """``mtss train-joint DATA -o RUN``: one model on all populations, the baseline without distillation.
         Arguments as :meth:`trainTeacher`."""
-        _check_data(dataDir)
-        return self._train("train-joint", [dataDir], outputDir,
+        data = _check_data(dataDir)
+        return self._train("train-joint", data, outputDir,
                            {"epochs": epochs, "stepsPerEpoch": stepsPerEpoch, "device": device, **options},
                            waitForCompletion, progressCallback)
 
-    def distill(self, dataDir: str | os.PathLike[str], teachers: Mapping[str, str | os.PathLike[str]],
+    def distill(self, dataDir: DataDirs, teachers: Mapping[str, str | os.PathLike[str]],
                 outputDir: str | os.PathLike[str], kd: Sequence[str] | str | None = DEFAULT_KD,
                 epochs: int | None = None, stepsPerEpoch: int | None = None, device: str | None = "auto",
                 waitForCompletion: bool = True, progressCallback: ProgressCallback | None = None,
@@ -174,9 +183,9 @@ class MTSSTrainingLogic:
             if pop in checked:
                 raise InputError(f"Two teachers for {pop}; give one per population.")
             checked[pop] = str(_check_bundle(path, f"Teacher {pop} ('{path}')"))
-        _check_data(dataDir)
+        data = _check_data(dataDir)
         terms = [kd] if isinstance(kd, str) else kd
-        return self._train("distill", [dataDir], outputDir,
+        return self._train("distill", data, outputDir,
                            {"teachers": checked, "kd": list(terms) if terms is not None else None, "epochs": epochs,
                             "stepsPerEpoch": stepsPerEpoch, "device": device, **options},
                            waitForCompletion, progressCallback)

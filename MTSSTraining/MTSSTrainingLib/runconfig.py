@@ -20,7 +20,7 @@ from MTSSSegmenterLib.networks import NetworkConfig
 
 COMMANDS = ("train-teacher", "train-joint", "distill")
 SCHEDULES = ("cosine", "poly")
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "cache_gb", "time_limit_min")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "cache_gb", "cache_dir", "time_limit_min")
 
 
 def shipped_configs() -> list[str]:
@@ -79,6 +79,9 @@ class TrainConfig:
     mapping: str | None = None
     init: str | None = None
     cache_gb: float | None = None
+    # A folder where every prepared case is kept and found again by other runs with the same preprocessing
+    # (None: RUN/cache, only for cases that do not fit in memory).
+    cache_dir: str | None = None
     # Wall-clock budget (minutes, all sessions of the run together): the schedule runs on whichever is further
     # along, steps or time, and training ends after the step that reaches it (that epoch is validated and saved).
     time_limit_min: float | None = None

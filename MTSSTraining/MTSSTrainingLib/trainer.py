@@ -206,7 +206,8 @@ class Trainer:
                 raise InputError(f"The cases given in memory were prepared at {cache.preprocessing.get('spacing_mm')} mm "
                                  f"but this run works at {c.spacing} mm; prepare them with config.preprocessing().")
         else:
-            cache = CaseCache(c.preprocessing(), self.run_dir / "cache", budget, self.dist)
+            cache = CaseCache(c.preprocessing(), c.cache_dir or self.run_dir / "cache", budget, self.dist,
+                              persist=c.cache_dir is not None)
         records = index.select(split.train + split.val)
         self._notify(stage="preparing", fraction=0.0, message=f"{len(records)} cases")
         broken = cache.fill(records, lambda i, n: self._notify(stage="preparing", fraction=i / max(n, 1),

@@ -53,7 +53,16 @@ def test_missing_empty_or_unlabelled_data_folder(tmp_path, men_only):
         logic.trainJoint(tmp_path / "unlabelled", tmp_path / "run")
     with pytest.raises(InputError, match=r"has no GLI case \(it has MEN 2\)"):
         logic.trainTeacher(men_only, "GLI", tmp_path / "run")
+    # several folders are checked together: one missing is named; the union holds the population
+    with pytest.raises(InputError, match="'.*nowhere' does not exist"):
+        logic.trainJoint([men_only, tmp_path / "nowhere"], tmp_path / "run")
+    fake_case(tmp_path / "more", "BraTS-GLI-00007-000")
+    with pytest.raises(InputError, match="No data folder"):
+        logic.trainJoint([], tmp_path / "run")
     assert logic.lastJob is None
+    from MTSSTrainingLib.logic import _check_data
+
+    assert _check_data([men_only, tmp_path / "more"], "GLI") == [str(men_only), str(tmp_path / "more")]
 
 
 def test_missing_teacher_or_model_bundle(men_only, tmp_path, tiny_bundle):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 import numpy as np
 import pytest
@@ -137,6 +138,33 @@ def test_cache_spills_to_disk_beyond_budget(tmp_path):
     again = CaseCache(PRE, tmp_path / "cache", budget_bytes=1 << 30)
     again.fill(index.cases)
     assert again.describe().startswith("2 cases in memory")
+
+
+def test_persistent_cache_is_shared_between_runs(tmp_path, monkeypatch):
+    """--cache-dir: every case is written even when it fits in memory, and a second run prepares nothing."""
+    import MTSSTrainingLib.cache as cache_module
+
+    root = tmp_path / "d"
+    for i in range(2):
+        write_fake_case(root, f"BraTS-MET-0000{i}-000", i)
+    index = discover(root)
+    first = CaseCache(PRE, tmp_path / "shared", budget_bytes=1 << 30, persist=True)
+    assert first.fill(index.cases) == [] and first.describe().startswith("2 cases in memory")
+    assert len(list((tmp_path / "shared").rglob("*.image.npy"))) == 2
+
+    def must_not_prepare(*args):
+        raise AssertionError("prepared again")
+
+    monkeypatch.setattr(cache_module, "prepare_record", must_not_prepare)
+    second = CaseCache(PRE, tmp_path / "shared", budget_bytes=1 << 30, persist=True)
+    assert second.fill(index.cases) == [] and len(second) == 2
+    np.testing.assert_array_equal(np.asarray(first.get("BraTS-MET-00001-000").image),
+                                  np.asarray(second.get("BraTS-MET-00001-000").image))
+    # a changed file is prepared again (its size and time are part of the entry)
+    img = next((root / "BraTS-MET-00001-000").glob("*-t1c.nii.gz"))
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="prepared again"):
+        CaseCache(PRE, tmp_path / "shared", budget_bytes=1 << 30, persist=True).fill(index.cases)
 
 
 def test_split_is_stratified_and_deterministic(tmp_path):

@@ -78,10 +78,12 @@ def mtss_command(*args: object) -> list[str]:
 
 
 def train_opts(p: dict, steps: tuple[int, int], device: str, minutes: float | None = None,
-               lr: float | None = None) -> list[object]:
+               lr: float | None = None, cache: Path | None = None) -> list[object]:
     opts: list[object] = ["--epochs", steps[0], "--steps-per-epoch", steps[1], "--patch", p["patch"],
                           "--batch", p["batch"], "--spacing", p["spacing"], "--device", device, "--lr", lr or p["lr"],
                           "--workers", p.get("workers", 0)]
+    if cache:  # prepared cases shared by the runs (the clinical studies are registered once)
+        opts += ["--cache-dir", cache]
     if minutes:
         opts += ["--time-limit", minutes]
     return opts + (["--amp"] if p["amp"] else [])
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     minutes = p.get("minutes", {})
     dev = args.device
+    cache = w / "cache"
     train, test = w / "train", w / "test"
     jobs = [Job("synth", "synth", ["synth", train, "--cases", p["cases"], "--spacing", p["synth_spacing"], "--seed",
                                    1000, "--workers", p.get("synth_workers", 2)], train / "cohort.json"),
@@ -215,19 +218,20 @@ def main(argv: list[str] | None = None) -> int:
         init = ["--init", base]
         jobs.append(Job("teacher_base", "teacher-base", [
             "train-joint", train, "-o", base, "--network", CONFIGS / f"{p['teacher']}.json", "--seed", 2, "--name",
-            "teacher-base", *train_opts(p, p["teacher_base_steps"], dev, minutes.get("teacher_base"))], base, data))
+            "teacher-base", *train_opts(p, p["teacher_base_steps"], dev, minutes.get("teacher_base"), cache=cache)],
+            base, data))
     teachers = {pop: runs / f"teacher-{pop}" for pop in POPULATIONS}
     for pop, run in teachers.items():
         jobs.append(Job(f"teacher_{pop}", "teachers", [
             "train-teacher", train, "--population", pop, "-o", run, "--network", CONFIGS / f"{p['teacher']}.json",
-            "--seed", 1, *init, *train_opts(p, p["teacher_steps"], dev, minutes.get("teacher"))], run,
+            "--seed", 1, *init, *train_opts(p, p["teacher_steps"], dev, minutes.get("teacher"), cache=cache)], run,
             data + ([base] if init else [])))
     joint = runs / "joint"
     # the joint baseline and its continuation: the student's network on every population, no teachers
     joint_args = ["train-joint", *mixed, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
                   "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"]]
-    jobs.append(Job("joint", "joint", [*joint_args, "-o", joint,
-                                       *train_opts(p, p["joint_steps"], dev, minutes.get("joint"))], joint, mixed_data))
+    jobs.append(Job("joint", "joint", [*joint_args, "-o", joint, *train_opts(p, p["joint_steps"], dev, minutes.get("joint"),
+                                                                            cache=cache)], joint, mixed_data))
     teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
     student = runs / "student"
     # Distilling the student from scratch with all five KD terms collapsed on the CPU budget (constant outputs,
@@ -242,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         return Job(name, "student" if run == student else "ablation", [
             "distill", *(mixed if run == student else [train]), "--teachers", *teacher_args, "-o", run, "--student", CONFIGS / f"{p['student']}.json",
             "--kd", ",".join(kd), "--seed", 1, "--name", "mtss-default" if run == student else run.name,
-            "--clinical-augment", p["clinical_augment"], *init, *train_opts(p, steps, dev, limit, p.get("distil_lr"))],
+            "--clinical-augment", p["clinical_augment"], *init,
+            *train_opts(p, steps, dev, limit, p.get("distil_lr"), cache)],
             run, list(teachers.values()) + ([joint] if init else []) + (after or []) + mixed_data)
 
     jobs.append(distil("student", student, KD_TERMS, p["student_steps"], student_init, minutes.get("student")))
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         controls = [continued]
         jobs.append(Job("joint_continued", "joint-continued", [
             *joint_args, "-o", continued, "--name", "joint-continued", "--init", joint,
-            *train_opts(p, p["student_steps"], dev, minutes.get("student"))], continued, [joint]))
+            *train_opts(p, p["student_steps"], dev, minutes.get("student"), cache=cache)], continued, [joint]))
     # The ablation: one run with every KD term and one without each, all with the same budget (and, where the
     # profile says so, all fine-tuned from the joint baseline, so that they differ only in the KD terms).
     ablations = []
