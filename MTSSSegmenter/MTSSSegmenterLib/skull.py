@@ -168,6 +168,12 @@ def extract_brain(arr: np.ndarray, spacing: np.ndarray, head: np.ndarray | None 
 
 
 def _working(image: sitk.Image) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """``image`` at 2 mm. Fine axes are first averaged over whole blocks of voxels (1 mm -> 2 x 1 mm; a box
+    of 2 mm anti-aliases about as a Gaussian of the 2 mm sampling, at a thirtieth of its cost on a 1 mm
+    volume), what is left is smoothed and resampled by :func:`working_image`."""
+    factors = [max(int(np.floor(WORKING_SPACING_MM / s + 1e-6)), 1) for s in image.GetSpacing()]
+    if any(f > 1 for f in factors):
+        image = sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
     w = working_image(image, WORKING_SPACING_MM)
     return w, sitk.GetArrayFromImage(w).astype(np.float32), np.asarray(w.GetSpacing(), dtype=np.float64)[::-1]
 
