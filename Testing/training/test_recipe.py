@@ -72,6 +72,7 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
                     "## Ablation: one KD term removed at a time", "Seen by eye: nothing."):
         assert heading in text, heading
     assert "| macro | WT |" in text and "no KD term (ground truth only)" in text
+    assert f"train on {len(POPULATIONS)} synthetic clinical studies" in text  # the tiny profile's 1 per population
     assert "synthetic test macro Dice" in json.loads((bundle / "model.json").read_text())["metrics"]["summary"]
 
 
@@ -83,3 +84,17 @@ def test_unknown_step_is_refused(tmp_path):
 def test_missing_prerequisite_names_the_run_without_wait(tmp_path):
     p = run(SCRIPTS / "train_default.py", "--work", tmp_path, "--profile", "tiny", "--only", "student", cwd=tmp_path)
     assert p.returncode != 0 and "not finished yet" in (p.stdout + p.stderr) and "--wait" in (p.stdout + p.stderr)
+
+
+def test_parallel_jobs_share_the_cores_out(monkeypatch):
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("train_default", SCRIPTS / "train_default.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_default", module)  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert module.job_env(8, {"PATH": "/bin"}) == {"PATH": "/bin", "OMP_NUM_THREADS": "2"}
+    assert module.job_env(32, {})["OMP_NUM_THREADS"] == "1"
+    assert module.job_env(2, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's choice stays

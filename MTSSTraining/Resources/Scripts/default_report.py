@@ -91,6 +91,21 @@ def real_case(student: Path, out_png: Path) -> list[str]:
     return lines
 
 
+def clinical_cohort(training: dict) -> str:
+    """Words on the clinical studies among a run's training data (from their folders' cohort.json), or ''."""
+    n = 0
+    for folder in training.get("data", []):
+        cohort = Path(folder) / "cohort.json"
+        if cohort.is_file():
+            doc = json.loads(cohort.read_text())
+            n += sum(1 for c in doc.get("cases", []) if c.get("acquisition"))
+    if not n:
+        return ""
+    return (f", and train on {n} synthetic clinical studies beside the aligned cases (`mtss synth --clinical`: "
+            "each series on its own 2-6 mm oblique grid, head motion, bias field, skull on about half), prepared "
+            "through registration and brain extraction as `mtss segment` prepares them")
+
+
 def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
     """What was trained, where and how long, read from the run folders' bundles."""
     runs = w / "runs"
@@ -119,7 +134,8 @@ def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
           "same network distilled from the five teachers with every KD term (output, latent, Barlow Twins, region, "
           "attention), starting from the joint baseline's weights, and *joint continued* is the joint baseline "
           "trained for the same extra time without teachers (the fair comparison). The joint baselines and the "
-          "student draw clinical degradations (thick slices, bias fields) on 30 % of their series.", ""]
+          "student draw clinical degradations (thick slices, bias fields) on 30 % of their series"
+          + clinical_cohort(t) + ".", ""]
     L += [f"Test cohort: {rep['n_cases']} synthetic cases (seed 2000, never seen in training). Wall-clock seconds "
           f"of each step of the recipe: `{json.dumps(timings)}`.", ""]
     return L
