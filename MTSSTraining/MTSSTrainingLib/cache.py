@@ -34,6 +34,21 @@ log = logging.getLogger(__name__)
 
 N_MOD = len(MODALITY_CODES)
 CACHE_VERSION = 2  # 2: cases go through prepare_study (registration, brain extraction) as in segment
+# The segmenter modules a prepared case depends on: a change to any of them makes a new cache key, so a
+# persistent --cache-dir never serves cases prepared by older registration or brain-extraction code.
+PREPARATION_MODULES = ("bias", "clinical", "geometry", "io", "preprocess", "registration", "skull")
+
+
+def preparation_fingerprint() -> str:
+    """sha256 of the source of :data:`PREPARATION_MODULES` (the code that turns files into a prepared case)."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in PREPARATION_MODULES:
+        module = importlib.import_module(f"MTSSSegmenterLib.{name}")
+        digest.update(name.encode())
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -179,7 +194,8 @@ class CaseCache:
         self.persist = persist and folder is not None
         self.dist = dist or DistContext()
         self.budget = default_budget(self.dist.world) if budget_bytes is None else int(budget_bytes)
-        key = hashlib.sha256(json.dumps([CACHE_VERSION, self.preprocessing], sort_keys=True).encode()).hexdigest()[:12]
+        key = hashlib.sha256(json.dumps([CACHE_VERSION, preparation_fingerprint(), self.preprocessing],
+                                        sort_keys=True).encode()).hexdigest()[:12]
         self.folder = Path(folder) / key if folder is not None else None
         self._memory: dict[str, CachedCase] = {}
         self._disk: dict[str, tuple[str, np.ndarray, np.ndarray, tuple[float, float, float]]] = {}

@@ -167,6 +167,17 @@ def test_persistent_cache_is_shared_between_runs(tmp_path, monkeypatch):
         CaseCache(PRE, tmp_path / "shared", budget_bytes=1 << 30, persist=True).fill(index.cases)
 
 
+def test_persistent_cache_key_follows_the_preparation_code(tmp_path, monkeypatch):
+    """Cases prepared by older registration or brain-extraction code are not served from --cache-dir."""
+    import MTSSTrainingLib.cache as cache_module
+
+    before = CaseCache(PRE, tmp_path, persist=True).folder
+    assert before == CaseCache(PRE, tmp_path, persist=True).folder
+    assert "skull" in cache_module.PREPARATION_MODULES and "registration" in cache_module.PREPARATION_MODULES
+    monkeypatch.setattr(cache_module, "preparation_fingerprint", lambda: "edited skull.py")
+    assert CaseCache(PRE, tmp_path, persist=True).folder != before
+
+
 def test_split_is_stratified_and_deterministic(tmp_path):
     from MTSSTrainingLib.data import CaseRecord
 

@@ -27,6 +27,7 @@ Every step is a plain ``mtss`` command (printed before it runs), so each can be 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -213,13 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     # baseline, its continuation and the student: prepared for training as `mtss segment` prepares them
     # (registration, brain extraction), so that the student learns what the pipeline gives it on scanner data.
     clinical = w / "train-clinical"
-    mixed: list[object] = [train]
+    mixed: list[Path] = [train]
     if p.get("clinical_cases"):
         jobs.append(Job("synth_clinical", "synth", [
             "synth", clinical, "--cases", p["clinical_cases"], "--spacing", p["synth_spacing"], "--seed", 3000,
             "--clinical", "--first-index", 50000, "--workers", p.get("synth_workers", 2)], clinical / "cohort.json"))
         mixed.append(clinical)
-    mixed_data = data + [clinical / "cohort.json"] if p.get("clinical_cases") else data
+    mixed_data = [folder / "cohort.json" for folder in mixed]
+    # every run shares the prepared cases (the clinical studies are registered once)
+    opts = functools.partial(train_opts, p, device=dev, cache=cache)
     runs = w / "runs"
     init: list[object] = []
     if p["teacher_base_steps"]:
@@ -229,20 +232,20 @@ def main(argv: list[str] | None = None) -> int:
         init = ["--init", base]
         jobs.append(Job("teacher_base", "teacher-base", [
             "train-joint", train, "-o", base, "--network", CONFIGS / f"{p['teacher']}.json", "--seed", 2, "--name",
-            "teacher-base", *train_opts(p, p["teacher_base_steps"], dev, minutes.get("teacher_base"), cache=cache)],
+            "teacher-base", *opts(p["teacher_base_steps"], minutes=minutes.get("teacher_base"))],
             base, data))
     teachers = {pop: runs / f"teacher-{pop}" for pop in POPULATIONS}
     for pop, run in teachers.items():
         jobs.append(Job(f"teacher_{pop}", "teachers", [
             "train-teacher", train, "--population", pop, "-o", run, "--network", CONFIGS / f"{p['teacher']}.json",
-            "--seed", 1, *init, *train_opts(p, p["teacher_steps"], dev, minutes.get("teacher"), cache=cache)], run,
+            "--seed", 1, *init, *opts(p["teacher_steps"], minutes=minutes.get("teacher"))], run,
             data + ([base] if init else [])))
     joint = runs / "joint"
     # the joint baseline and its continuation: the student's network on every population, no teachers
     joint_args = ["train-joint", *mixed, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
                   "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"]]
-    jobs.append(Job("joint", "joint", [*joint_args, "-o", joint, *train_opts(p, p["joint_steps"], dev, minutes.get("joint"),
-                                                                            cache=cache)], joint, mixed_data))
+    jobs.append(Job("joint", "joint", [*joint_args, "-o", joint, *opts(p["joint_steps"], minutes=minutes.get("joint"))],
+                    joint, mixed_data))
     teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
     student = runs / "student"
     # Distilling the student from scratch with all five KD terms collapsed on the CPU budget (constant outputs,
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             "distill", *(mixed if run == student else [train]), "--teachers", *teacher_args, "-o", run, "--student", CONFIGS / f"{p['student']}.json",
             "--kd", ",".join(kd), "--seed", 1, "--name", "mtss-default" if run == student else run.name,
             "--clinical-augment", p["clinical_augment"], *init,
-            *train_opts(p, steps, dev, limit, p.get("distil_lr"), cache)],
+            *opts(steps, minutes=limit, lr=p.get("distil_lr"))],
             run, list(teachers.values()) + ([joint] if init else []) + (after or []) + mixed_data)
 
     jobs.append(distil("student", student, KD_TERMS, p["student_steps"], student_init, minutes.get("student")))
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         controls = [continued]
         jobs.append(Job("joint_continued", "joint-continued", [
             *joint_args, "-o", continued, "--name", "joint-continued", "--init", joint,
-            *train_opts(p, p["student_steps"], dev, minutes.get("student"), cache=cache)], continued, [joint]))
+            *opts(p["student_steps"], minutes=minutes.get("student"))], continued, [joint]))
     # The ablation: one run with every KD term and one without each, all with the same budget (and, where the
     # profile says so, all fine-tuned from the joint baseline, so that they differ only in the KD terms).
     ablations = []
