@@ -69,3 +69,41 @@ def render_overlay(image: sitk.Image, label: sitk.Image | None, path: str | Path
     fig.savefig(out, dpi=90, facecolor="black", bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def render_axial_montage(image: sitk.Image, label: sitk.Image | None, path: str | Path, title: str = "",
+                         n: int = 6) -> Path:
+    """Write a PNG of ``n`` axial slices evenly spread over the label's extent (or the image's), the image
+    above and the image with the labels overlaid below, so that what a segmentation misses is seen too."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    img = _canonical(image)
+    lab = None
+    if label is not None:
+        lab = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.Resample(label, image, sitk.Transform(),
+                                                                    sitk.sitkNearestNeighbor), "LPS"))
+    rows = np.flatnonzero(lab.any(axis=(1, 2))) if lab is not None and lab.any() else np.arange(img.shape[0])
+    slices = np.unique(np.linspace(rows[0], rows[-1], n + 2).round().astype(int)[1:-1])
+    sp = np.asarray(sitk.DICOMOrient(image, "LPS").GetSpacing())  # x, y, z
+    lo, hi = np.percentile(img[img > img.min()], [1, 99]) if (img > img.min()).any() else (0, 1)
+    cmap = ListedColormap([(0, 0, 0, 0)] + [(*lab_.color, 0.5) for lab_ in LABELS])
+    fig, axes = plt.subplots(2, len(slices), figsize=(1.9 * len(slices), 4.2), facecolor="black", squeeze=False)
+    for j, z in enumerate(slices):
+        for i in range(2):
+            ax = axes[i, j]
+            ax.imshow(img[z], cmap="gray", vmin=lo, vmax=hi, aspect=sp[1] / sp[0], interpolation="nearest")
+            if i == 1 and lab is not None:
+                ax.imshow(lab[z], cmap=cmap, vmin=0, vmax=3, aspect=sp[1] / sp[0], interpolation="nearest")
+            ax.axis("off")
+        axes[0, j].set_title(f"slice {z}", color="white", fontsize=8)
+    if title:
+        fig.suptitle(title, color="white", fontsize=10)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80, facecolor="black", bbox_inches="tight")
+    plt.close(fig)
+    return out

@@ -98,3 +98,28 @@ def test_parallel_jobs_share_the_cores_out(monkeypatch):
     assert module.job_env(8, {"PATH": "/bin"}) == {"PATH": "/bin", "OMP_NUM_THREADS": "2"}
     assert module.job_env(32, {})["OMP_NUM_THREADS"] == "1"
     assert module.job_env(2, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's choice stays
+
+
+def test_real_case_coverage_against_the_flair_lesion(monkeypatch):
+    """The report's crude reference on an unlabelled case: the bright FLAIR region, how much of it a
+    segmentation covers and how much it marks far away from it."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("default_report", SCRIPTS / "default_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(1)
+    flair = rng.normal(100, 5, (40, 40, 40)).astype(np.float32)
+    flair[10:20, 10:20, 10:20] += 60  # the lesion
+    flair[30:32, 30:32, 30:32] += 60  # a smaller bright spot: not the largest region
+    brain = np.ones_like(flair, bool)
+    ref = module.flair_lesion(flair, brain)
+    assert ref[10:20, 10:20, 10:20].mean() > 0.85 and ref.sum() <= 1000 and not ref[30:32, 30:32, 30:32].any()
+    seg = np.zeros_like(brain)
+    seg[10:15, 10:20, 10:20] = True  # half the lesion
+    seg[35:38, 0:10, 0:10] = True  # 300 voxels far from it
+    covered, far = module.coverage(seg, ref, np.array([2.0, 1.0, 1.0]))
+    assert abs(covered - 50) < 3
+    assert far == 300 * 2.0 / 1000

@@ -42,12 +42,35 @@ def fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def flair_lesion(flair: np.ndarray, brain: np.ndarray, z: float = 1.5) -> np.ndarray:
+    """A crude reference for an unlabelled case: the largest connected region of FLAIR brighter than the brain's
+    mean by ``z`` standard deviations (after one opening). It is the FLAIR-hyperintense tumour and edema, not
+    a necrotic core dark on FLAIR, so a good segmentation covers nearly all of it and extends a little beyond."""
+    from scipy import ndimage
+
+    v = flair[brain]
+    bright = ndimage.binary_opening((flair > v.mean() + z * v.std()) & brain)
+    comps, n = ndimage.label(bright)
+    if not n:
+        return bright
+    return comps == int(np.argmax(np.bincount(comps.ravel())[1:])) + 1
+
+
+def coverage(seg: np.ndarray, reference: np.ndarray, spacing_zyx: np.ndarray, margin_mm: float = 10.0) -> tuple[float, float]:
+    """(percent of ``reference`` inside ``seg``, mL of ``seg`` farther than ``margin_mm`` from ``reference``)."""
+    from scipy import ndimage
+
+    far = ndimage.distance_transform_edt(~reference, sampling=spacing_zyx) > margin_mm
+    return (100.0 * (seg & reference).sum() / max(int(reference.sum()), 1),
+            float((seg & far).sum() * np.prod(spacing_zyx) / 1000.0))
+
+
 def real_case(student: Path, out_png: Path) -> list[str]:
     """Segment the real case with the student; describe where the tumour was found."""
     import SimpleITK as sitk
     from scipy import ndimage
 
-    from MTSSSegmenterLib.overlay import render_overlay
+    from MTSSSegmenterLib.overlay import render_axial_montage, render_overlay
     from MTSSSegmenterLib.pipeline import segment_folder
 
     if not REAL.is_dir():
@@ -61,6 +84,16 @@ def real_case(student: Path, out_png: Path) -> list[str]:
     lines = [f"Whole tumour found: {r.volumes_ml['WT']:.1f} mL in {n} connected component(s) "
              f"(NCR {r.volumes_ml['NCR']:.1f}, ED {r.volumes_ml['ED']:.1f}, ET {r.volumes_ml['ET']:.1f} mL); "
              f"network {r.timings_s['network']:.2f} s, total {r.timings_s['total']:.2f} s on the CPU."]
+    flair_lps = sitk.GetArrayFromImage(sitk.DICOMOrient(flair, "LPS")).astype(np.float32)
+    reference = flair_lesion(flair_lps, flair_lps > 0)
+    sp_zyx = np.asarray(lab.GetSpacing())[::-1]
+    covered, far = coverage(arr, reference, sp_zyx)
+    lines.append(f"Against a crude reference, the FLAIR-hyperintense lesion (largest region of FLAIR > brain mean + "
+                 f"1.5 SD, {reference.sum() * np.prod(sp_zyx) / 1000:.1f} mL; tumour and edema, not a necrotic "
+                 f"core dark on FLAIR), the student covers **{covered:.0f} %** of it and marks **{far:.1f} mL** more "
+                 "than 10 mm away from it.")
+    render_axial_montage(flair, r.label, out_png.with_name(out_png.stem + "_axial.png"),
+                         "Real BraTS-GLI-00001-000 (FLAIR): axial slices through the segmentation")
     if n:
         order = np.argsort(sizes)[::-1]
         big = order[0] + 1
@@ -220,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         L += ["", "## Charts", ""] + [f"![{f}]({f})" for f in figures[:3]]
     L += ["", "## Real MRI: BraTS-GLI-00001-000 (no labels; looked at, not scored)", ""]
     L += real_case(b if (b / "model.json").is_file() else w / "runs" / "student", b / "real_case_overlay.png")
-    L += ["", "![real case](real_case_overlay.png)"]
+    L += ["", "![real case](real_case_overlay.png)", "", "![real case, axial slices](real_case_overlay_axial.png)"]
     if (b / "real_case_overlay_2.png").is_file():
         L += ["", "![real case, second component](real_case_overlay_2.png)"]
     if args.notes and args.notes.is_file():
