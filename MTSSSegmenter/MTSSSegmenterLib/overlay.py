@@ -15,6 +15,14 @@ def _canonical(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")).astype(np.float32)
 
 
+def _label_on(image: sitk.Image, label: sitk.Image | None) -> np.ndarray | None:
+    """The label map resampled onto ``image``'s grid, as a (z, y, x) array in LPS orientation (None: None)."""
+    if label is None:
+        return None
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.Resample(label, image, sitk.Transform(),
+                                                                 sitk.sitkNearestNeighbor), "LPS"))
+
+
 def largest_component_centre(lab: np.ndarray) -> np.ndarray:
     """(z, y, x) index of the centre of the largest 26-connected labelled component of ``lab``."""
     from scipy import ndimage
@@ -34,11 +42,7 @@ def render_overlay(image: sitk.Image, label: sitk.Image | None, path: str | Path
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    img = _canonical(image)
-    lab = None
-    if label is not None:
-        lab = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.Resample(label, image, sitk.Transform(),
-                                                                    sitk.sitkNearestNeighbor), "LPS"))
+    img, lab = _canonical(image), _label_on(image, label)
     centre = np.array(img.shape) // 2
     if centre_zyx is not None:
         centre = np.clip(np.asarray(centre_zyx, dtype=int), 0, np.array(img.shape) - 1)
@@ -81,11 +85,7 @@ def render_axial_montage(image: sitk.Image, label: sitk.Image | None, path: str 
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    img = _canonical(image)
-    lab = None
-    if label is not None:
-        lab = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.Resample(label, image, sitk.Transform(),
-                                                                    sitk.sitkNearestNeighbor), "LPS"))
+    img, lab = _canonical(image), _label_on(image, label)
     rows = np.flatnonzero(lab.any(axis=(1, 2))) if lab is not None and lab.any() else np.arange(img.shape[0])
     slices = np.unique(np.linspace(rows[0], rows[-1], n + 2).round().astype(int)[1:-1])
     sp = np.asarray(sitk.DICOMOrient(image, "LPS").GetSpacing())  # x, y, z
