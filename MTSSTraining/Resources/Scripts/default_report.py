@@ -100,11 +100,8 @@ def real_case(student: Path, out_png: Path) -> list[str]:
         zyx = np.argwhere(comps == big).mean(0)
         render_overlay(flair, r.label, out_png, "Real BraTS-GLI-00001-000 (FLAIR) segmented by the default "
                        "student: largest component", centre_zyx=tuple(np.round(zyx).astype(int)))
-        brain = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(REAL / "BraTS-GLI-00001-000-t2f.nii.gz")),
-                                                        "LPS")) > 0
-        centre = np.argwhere(brain).mean(0)
-        sp = np.asarray(lab.GetSpacing())[::-1]
-        d = (zyx - centre) * sp  # mm, LPS axes: +x left, +y posterior, +z superior
+        centre = np.argwhere(flair_lps > 0).mean(0)
+        d = (zyx - centre) * sp_zyx  # mm, LPS axes: +x left, +y posterior, +z superior
         side = "left" if d[2] > 0 else "right"
         ap = "posterior" if d[1] > 0 else "anterior"
         third = int(zyx[0] / arr.shape[0] * 3) + 1
