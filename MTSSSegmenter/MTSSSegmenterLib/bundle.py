@@ -114,9 +114,28 @@ class Bundle:
             return True
         return any(present == set(s) for s in subsets)
 
+    @property
+    def thresholds(self) -> tuple[float, float, float]:
+        """Decision threshold per region (WT, TC, ET); see :func:`region_thresholds`."""
+        return region_thresholds(self.meta)
+
     def card(self) -> str:
         """A short human-readable model card (for tooltips and ``--json`` summaries)."""
         return model_card(self.meta, self.name)
+
+
+def region_thresholds(meta: dict[str, Any]) -> tuple[float, float, float]:
+    """``inference.threshold`` as one threshold per region (WT, TC, ET).
+
+    A single number applies to every region (the format before calibration, still valid); a list of three
+    comes from threshold calibration on validation cases (``mtss calibrate``)."""
+    value = (meta.get("inference") or {}).get("threshold", 0.5)
+    values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if (not isinstance(values, (list, tuple)) or len(values) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0 for v in values)):
+        raise BundleError(f"inference.threshold must be a number in (0, 1) or a list of three (WT, TC, ET), got "
+                          f"{value!r}.")
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def model_card(meta: dict[str, Any], name: str) -> str:
@@ -201,6 +220,10 @@ def _validate_meta(meta: dict[str, Any], where: Path) -> None:
         NetworkConfig.from_dict(meta["network"])
     except (TypeError, ValueError) as exc:
         raise fail(f"invalid network config: {exc}") from exc
+    try:
+        region_thresholds(meta)
+    except BundleError as exc:
+        raise fail(f"'{META}': {exc}") from exc
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 
 from .constants import modality
 from .geometry import Grid, check_overlap
-from .preprocess import PreparedCase, _array, regions_to_labels
+from .preprocess import PreparedCase, _array, per_region, regions_to_labels
 from .registration import Registration, RegistrationConfig, register_series, working_image
 from .skull import SkullEvidence, brain_mask
 
@@ -190,14 +191,16 @@ def working_image_of(volume: np.ndarray | torch.Tensor, case: PreparedCase) -> s
 
 
 def restore_on_grid(probabilities: torch.Tensor | np.ndarray, case: PreparedCase, grid: Grid,
-                    threshold: float = 0.5) -> sitk.Image:
-    """Region probabilities (3, z, y, x) at the working resolution -> uint8 label map on ``grid``."""
+                    threshold: float | Sequence[float] = 0.5) -> sitk.Image:
+    """Region probabilities (3, z, y, x) at the working resolution -> uint8 label map on ``grid`` (thresholds
+    as :func:`~.preprocess.restore`)."""
     target = grid.reference_image(sitk.sitkFloat32)
     regions = []
+    t = per_region(threshold, int(probabilities.shape[0]))
     for ch in range(int(probabilities.shape[0])):
         img = working_image_of(probabilities[ch], case)
         regions.append(sitk.GetArrayFromImage(sitk.Resample(img, target, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                            sitk.sitkFloat32)) >= threshold)
+                                                            sitk.sitkFloat32)) >= t[ch])
     labels = sitk.GetImageFromArray(regions_to_labels(np.stack(regions)))
     return grid.apply(labels)
 

@@ -8,6 +8,7 @@ per-modality normalisation inside the brain, zero channels plus mask channels fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,13 +217,25 @@ def labels_to_regions(labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.T
     return np.stack([labels > 0, (labels == 1) | (labels == 3), labels == 3]).astype(np.float32)
 
 
-def restore(probabilities: torch.Tensor, case: PreparedCase, threshold: float = 0.5) -> sitk.Image:
-    """Region probabilities (3, z, y, x) at working spacing -> uint8 label map on the reference grid."""
+def per_region(threshold: float | Sequence[float], n: int = 3) -> np.ndarray:
+    """One decision threshold per region channel: a number for all, or one each (calibrated bundles)."""
+    t = np.asarray(threshold, dtype=np.float32).reshape(-1)
+    if t.size == 1:
+        t = np.repeat(t, n)
+    if t.size != n:
+        raise ValueError(f"Expected one threshold or {n} (one per region), got {t.size}.")
+    return t
+
+
+def restore(probabilities: torch.Tensor, case: PreparedCase, threshold: float | Sequence[float] = 0.5) -> sitk.Image:
+    """Region probabilities (3, z, y, x) at working spacing -> uint8 label map on the reference grid, each
+    region thresholded at its own ``threshold`` (one number: the same for all)."""
     crop_shape = tuple(s.stop - s.start for s in case.crop)
     p = resize(probabilities.float(), crop_shape, "trilinear").cpu().numpy()
+    t = per_region(threshold, p.shape[0])
     if case.frame.exact:
         full = np.zeros((p.shape[0],) + case.canonical_shape, dtype=np.uint8)
-        full[(slice(None),) + case.crop] = p >= threshold
+        full[(slice(None),) + case.crop] = p >= t[:, None, None, None]
         labels = sitk.GetImageFromArray(regions_to_labels(full))
         case.frame.canonical.apply(labels)
         return from_canonical(labels, case.frame, sitk.sitkNearestNeighbor)
@@ -231,6 +244,6 @@ def restore(probabilities: torch.Tensor, case: PreparedCase, threshold: float = 
         full = np.zeros(case.canonical_shape, dtype=np.float32)
         full[case.crop] = p[ch]
         img = case.frame.canonical.apply(sitk.GetImageFromArray(full))
-        back.append(sitk.GetArrayFromImage(from_canonical(img, case.frame, sitk.sitkLinear)) >= threshold)
+        back.append(sitk.GetArrayFromImage(from_canonical(img, case.frame, sitk.sitkLinear)) >= t[ch])
     labels = sitk.GetImageFromArray(regions_to_labels(np.stack(back)))
     return case.frame.original.apply(labels)

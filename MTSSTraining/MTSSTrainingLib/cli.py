@@ -14,6 +14,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "MTSSTrainingLib.synth.command",
     "MTSSTrainingLib.commands",
     "MTSSTrainingLib.benchmark",
+    "MTSSTrainingLib.calibration",
 )
 
 

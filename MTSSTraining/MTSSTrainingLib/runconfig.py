@@ -20,7 +20,7 @@ from MTSSSegmenterLib.networks import NetworkConfig
 
 COMMANDS = ("train-teacher", "train-joint", "distill")
 SCHEDULES = ("cosine", "poly")
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "cache_gb", "cache_dir", "time_limit_min")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "cache_gb", "cache_dir", "time_limit_min", "calibrate")
 
 
 def shipped_configs() -> list[str]:
@@ -88,6 +88,8 @@ class TrainConfig:
     modality_dropout: float = 0.0
     augment: dict[str, Any] = field(default_factory=dict)
     val_subsets: list[list[str]] = field(default_factory=list)
+    # choose each region's decision threshold on the validation cases at the end (calibration.py)
+    calibrate: bool = True
     # distillation
     kd: list[str] = field(default_factory=list)
     kd_weights: dict[str, float] = field(default_factory=dict)

@@ -171,6 +171,31 @@ def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
     return L
 
 
+def threshold_lines(rep: dict, summary: dict, before: dict | None) -> list[str]:
+    """Each model's decision thresholds (chosen on its validation cases) and, given the evaluation of the
+    same models at 0.5 (``--uncalibrated``), the test cohort's macro Dice before and after."""
+    L = ["", "## Decision thresholds (chosen on each run's validation cases)", "",
+         "Each region's threshold was chosen on the run's own validation cases (never the test cohort; "
+         "`mtss calibrate`, done by training itself since 2026-11-23): WT first, then TC given WT, then ET, "
+         "kept when it raises the validation macro Dice by at least 0.005. The ensemble keeps 0.5.", "",
+         "| model | WT / TC / ET threshold | validation cases | test macro Dice WT / TC / ET at 0.5 | at these thresholds |",
+         "|---|---|---|---|---|"]
+    for key, m in rep["models"].items():
+        if m.get("role") == "ensemble" or not m.get("source"):
+            continue
+        f = Path(m["source"]) / "model.json"
+        if not f.is_file():
+            continue
+        meta = json.loads(f.read_text())
+        t = meta["inference"].get("threshold", 0.5)
+        t = t if isinstance(t, list) else [t] * 3
+        n = (meta.get("metrics", {}).get("calibration") or {}).get("n_cases", "–")
+        old = " / ".join(fmt(mean(before, key, None, r)) for r in REGIONS) if before and key in before else "–"
+        new = " / ".join(fmt(mean(summary, key, None, r)) for r in REGIONS)
+        L.append(f"| {key} | {' / '.join(f'{v:g}' for v in t)} | {n} | {old} | {new} |")
+    return L
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, type=Path)
@@ -178,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmark", type=Path, help="JSON written by `mtss benchmark -o`")
     ap.add_argument("--clinical", type=Path, help="folder written by clinical_check.py for this bundle")
     ap.add_argument("--notes", type=Path, help="a Markdown file appended after the real case (what was seen by eye)")
+    ap.add_argument("--uncalibrated", type=Path, nargs="*", default=[],
+                    help="report.json files of the same models evaluated at threshold 0.5 (before `mtss calibrate`)")
     ap.add_argument("--title", default="MTSS default student: evaluation report")
     args = ap.parse_args(argv)
     w, b = args.work, args.bundle
@@ -243,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         s = subsets["t1c+t2f"]
         worst = max((mean(summary, student, None, r) or 0) - (mean(*s, None, r) or 0) for r in REGIONS)
         L.append(f"| FLAIR+T1c within 0.03 of all four (worst region) | {worst:+.3f} | {'yes' if worst <= 0.03 else 'no'} |")
+    before: dict = {}
+    for f in args.uncalibrated:
+        before.update(json.loads(f.read_text())["summary"])
+    L += threshold_lines(rep, summary, before or None)
     figures = [f for f in rep.get("figures", []) if f.endswith(".png")]
     for f in figures[:3]:
         shutil.copy2(w / "reports" / "all" / f, b / f)

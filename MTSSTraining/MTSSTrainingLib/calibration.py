@@ -1,0 +1,245 @@
+"""Decision thresholds per region, chosen on a run's validation cases (end of training; ``mtss calibrate``).
+
+The network gives one sigmoid probability per region (WT, TC, ET) and the pipeline marks a voxel where the
+probability reaches the bundle's threshold. 0.5 is right for a calibrated network, but a small network
+trained briefly, or on softened distillation targets, often is not: the default student of 2026-11 gained
+0.06 TC Dice on its validation cases from a TC threshold of 0.65. As nnU-Net chooses its post-processing,
+the thresholds are chosen on the run's own validation cases, never on a test cohort:
+
+1. every validation case is segmented once (sliding window at the working spacing, as validation does) and
+   only the voxels that can matter are kept: those with some probability at or above the lowest candidate
+   threshold, or in the ground truth (elsewhere prediction and truth are empty at every threshold);
+2. the labels are nested (ET in TC in WT, :func:`MTSSSegmenterLib.preprocess.regions_to_labels`), so WT's
+   Dice depends on WT's threshold only, TC's on WT's and TC's, ET's on all three: WT is chosen first, then
+   TC given WT, then ET given both;
+3. each is the candidate with the best macro Dice (mean over populations of the mean over their cases, as
+   the reports average; of equal ones, the closest to 0.5), kept only when it beats 0.5 by at least
+   ``min_gain`` (0.005), so that the noise of a few validation cases does not move a threshold for nothing.
+
+The thresholds go into the bundle's ``inference.threshold`` (a list, one per region) and the search into
+``metrics.calibration`` (Dice at 0.5 and at the chosen thresholds, the whole table), so that
+``model.json`` says what was chosen and why. The weights, and with them their checksum, do not change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from MTSSSegmenterLib.constants import POPULATION_CODES, REGION_CODES
+from MTSSSegmenterLib.errors import InputError
+from MTSSSegmenterLib.inference import predict
+from MTSSSegmenterLib.preprocess import labels_to_regions
+
+log = logging.getLogger(__name__)
+
+CANDIDATES: tuple[float, ...] = tuple(round(0.05 + 0.05 * i, 2) for i in range(19))  # 0.05 ... 0.95
+MIN_GAIN = 0.005
+
+
+@dataclass
+class CaseVoxels:
+    """The voxels of one validation case that can change its Dice: probabilities (3, n) and truth (3, n)."""
+
+    population: str
+    probs: np.ndarray
+    truth: np.ndarray
+    labelled: np.ndarray  # (3,) bool: regions the case's labels mark (partial labels leave some out)
+
+
+def case_voxels(probabilities: np.ndarray, seg: np.ndarray, label_mask: Sequence[float], population: str,
+                lowest: float = CANDIDATES[0]) -> CaseVoxels:
+    """Keep the voxels with a probability >= ``lowest`` in some region or with a tumour label."""
+    p = np.asarray(probabilities, dtype=np.float32).reshape(3, -1)
+    truth = labels_to_regions(np.asarray(seg)).astype(bool).reshape(3, -1)
+    keep = (p >= lowest).any(0) | truth.any(0)
+    return CaseVoxels(population, p[:, keep], truth[:, keep],
+                      np.asarray(label_mask, dtype=np.float32) > 0)
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = int(pred.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(pred & truth)) / total
+
+
+def _macro(rows: list[tuple[str, float]]) -> float:
+    """Mean over populations of the mean over their cases (NaN: the region is not labelled there)."""
+    means = []
+    for code in POPULATION_CODES:
+        values = [v for p, v in rows if p == code and math.isfinite(v)]
+        if values:
+            means.append(float(np.mean(values)))
+    return float(np.mean(means)) if means else math.nan
+
+
+def choose_thresholds(cases: Sequence[CaseVoxels], candidates: Sequence[float] = CANDIDATES,
+                      min_gain: float = MIN_GAIN) -> dict[str, Any]:
+    """WT, then TC given WT, then ET given both: the candidate with the best macro Dice (see the module doc).
+
+    Returns ``{"threshold": [wt, tc, et], "candidates": [...], "table": {region: [macro Dice per candidate]},
+    "dice_at_0.5": {region: ...}, "dice": {region: ...}, "n_cases": n, "min_gain": ...}``.
+    """
+    if not cases:
+        raise InputError("Threshold calibration needs at least one validation case.")
+    candidates = sorted({round(float(t), 4) for t in candidates} | {0.5})
+    chosen: list[float] = []
+    table: dict[str, list[float]] = {}
+    at_half: dict[str, float | None] = {}
+    best: dict[str, float | None] = {}
+    for r, region in enumerate(REGION_CODES):
+        parents = [np.ones(c.probs.shape[1], dtype=bool) for c in cases]
+        for k, t in enumerate(chosen):
+            parents = [m & (c.probs[k] >= t) for m, c in zip(parents, cases)]
+        scores = []
+        for t in candidates:
+            rows = [(c.population, _dice(m & (c.probs[r] >= t), c.truth[r]) if c.labelled[r] else math.nan)
+                    for m, c in zip(parents, cases)]
+            scores.append(_macro(rows))
+        table[region] = [None if not math.isfinite(s) else round(s, 4) for s in scores]  # type: ignore[misc]
+        half = scores[candidates.index(0.5)]
+        if not math.isfinite(half):  # no case labels this region: nothing to choose from
+            chosen.append(0.5)
+            at_half[region] = best[region] = None
+            continue
+        top = float(np.nanmax(scores))
+        tied = [t for t, s in zip(candidates, scores) if math.isfinite(s) and s >= top - 1e-9]
+        pick = min(tied, key=lambda t: abs(t - 0.5))  # of equal Dice, the least change
+        pick = pick if top >= half + min_gain else 0.5
+        chosen.append(pick)
+        at_half[region] = round(half, 4)
+        best[region] = round(scores[candidates.index(pick)], 4)
+    return {"threshold": chosen, "candidates": candidates, "table": table, "dice_at_0.5": at_half, "dice": best,
+            "n_cases": len(cases), "min_gain": min_gain}
+
+
+def calibrate_network(network: torch.nn.Module, cache: Any, names: Sequence[str], roi_size: Sequence[int],
+                      device: torch.device, amp: bool, divisor: int, overlap: float = 0.25,
+                      progress: Callable[[int, int], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Segment the cached validation cases ``names`` once and choose the thresholds on them."""
+    was_training = network.training
+    network.eval()
+    cases = []
+    try:
+        for i, name in enumerate(names):
+            if progress:
+                progress(i, len(names))
+            case = cache.get(name)
+            x = torch.from_numpy(case.network_input(None))[None]
+            probs, _, _ = predict(network, x, roi_size, overlap, device, amp=amp, divisor=divisor)
+            cases.append(case_voxels(probs[0].float().cpu().numpy(), case.seg, case.label_mask, case.population))
+    finally:
+        network.train(was_training)
+    if progress:
+        progress(len(names), len(names))
+    return choose_thresholds(cases, **kwargs)
+
+
+def apply_calibration(meta: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
+    """Write the chosen thresholds and the search into a bundle's metadata (in place; returned)."""
+    meta.setdefault("inference", {})["threshold"] = [float(t) for t in calibration["threshold"]]
+    meta.setdefault("metrics", {})["calibration"] = calibration
+    return meta
+
+
+def calibration_names(split_val: Sequence[str], index: Any, population: str | None) -> list[str]:
+    """The validation cases a run is calibrated on: its own population's for a teacher, else all."""
+    if population is None:
+        return list(split_val)
+    return [r.name for r in index.select(list(split_val)) if r.population == population]
+
+
+def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = MIN_GAIN,
+                  progress: Callable[[int, int], None] | None = None,
+                  caches: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Calibrate a finished run's bundle on the run's validation split (from ``run.json`` and ``split.json``)
+    and rewrite its ``model.json``; returns the calibration.
+
+    ``caches`` (a dict kept across calls) shares the prepared cases between runs of the same preprocessing
+    (a teacher, the joint baseline and the student of one recipe validate on the same cases)."""
+    import copy
+    import json
+
+    from MTSSSegmenterLib.bundle import load_bundle, save_bundle
+    from MTSSSegmenterLib.inference import resolve_device
+
+    from .cache import CaseCache
+    from .data import discover
+    from .runconfig import TrainConfig
+
+    run = Path(run_dir)
+    for needed in ("run.json", "split.json"):
+        if not (run / needed).is_file():
+            raise InputError(f"'{run}' is not a finished training run: it lacks {needed}. Give the folder a "
+                             "`mtss train-teacher`, `train-joint` or `distill` run wrote (-o RUN).")
+    config = TrainConfig.from_dict(json.loads((run / "run.json").read_text(encoding="utf-8")))
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    bundle = load_bundle(run)
+    index = discover(config.data, config.mapping)
+    names = calibration_names(split.get("val", []), index, config.population if config.command == "train-teacher" else None)
+    names = [n for n in names if n in {r.name for r in index.cases}]
+    if not names:
+        raise InputError(f"Run '{run}' has no validation case left in {', '.join(config.data)} to calibrate on "
+                         "(trained with --val-fraction 0, or the data moved).")
+    key = json.dumps([config.preprocessing(), config.cache_dir], sort_keys=True)
+    caches = {} if caches is None else caches
+    cache = caches.setdefault(key, CaseCache(config.preprocessing(), config.cache_dir, budget_bytes=None))
+    broken = cache.fill(index.select(names))
+    names = [n for n in names if n in cache]
+    if broken:
+        log.warning("%d validation case(s) could not be prepared and are left out: %s", len(broken),
+                    ", ".join(b.name for b in broken))
+    dev = resolve_device(device)
+    network = bundle.network.to(dev)
+    calibration = calibrate_network(network, cache, names, bundle.meta["inference"].get("roi_size", [128] * 3), dev,
+                                    amp=dev.type == "cuda", divisor=bundle.network_config.divisor, progress=progress,
+                                    min_gain=min_gain)
+    save_bundle(network.cpu(), apply_calibration(copy.deepcopy(bundle.meta), calibration), run)
+    return calibration
+
+
+def describe(calibration: dict[str, Any]) -> str:
+    parts = []
+    for r, region in enumerate(REGION_CODES):
+        before, after = calibration["dice_at_0.5"].get(region), calibration["dice"].get(region)
+        if before is None:
+            parts.append(f"{region} 0.5 (not labelled)")
+        else:
+            parts.append(f"{region} {calibration['threshold'][r]:g} (Dice {before:.3f} -> {after:.3f})")
+    return f"thresholds on {calibration['n_cases']} validation cases: " + ", ".join(parts)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("calibrate", help="Choose each region's decision threshold on a run's validation cases.",
+                              description="Choose the WT, TC and ET thresholds of finished runs on their own "
+                                          "validation cases and write them into the runs' bundles (training does "
+                                          "this itself unless --no-calibrate).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="training run folder(s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--min-gain", type=float, default=MIN_GAIN,
+                   help=f"keep a threshold other than 0.5 only when it raises the macro Dice by this much (default {MIN_GAIN})")
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from MTSSSegmenterLib.errors import MTSSError
+
+    status, caches = 0, {}
+    for run in args.runs:
+        try:
+            print(f"{run}: {describe(calibrate_run(run, args.device, args.min_gain, caches=caches))}", flush=True)
+        except (MTSSError, OSError, ValueError) as exc:
+            print(f"error: {run}: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
+__all__ = ["CANDIDATES", "CaseVoxels", "apply_calibration", "calibrate_network", "calibrate_run", "case_voxels",
+           "choose_thresholds"]

@@ -1,0 +1,174 @@
+"""Decision thresholds per region chosen on validation cases: the search, the bundle field, the pipeline."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from MTSSSegmenterLib.bundle import load_bundle, read_meta, region_thresholds
+from MTSSSegmenterLib.errors import BundleError
+from MTSSSegmenterLib.pipeline import segment_folder
+from MTSSTrainingLib.calibration import CaseVoxels, case_voxels, choose_thresholds
+from MTSSTrainingLib.cli import register  # noqa: F401  (the command is registered with the others)
+from MTSSTrainingLib.runconfig import TrainConfig, resolve_network
+from MTSSTrainingLib.teacher import train_teacher
+
+from .cohort import one_thread, write_fake_case  # noqa: F401  (autouse)
+
+
+def _case(pop: str, p_tumour: tuple[float, float, float], p_background: float = 0.1, labelled=(True, True, True),
+          n_in: int = 50, n_out: int = 200) -> CaseVoxels:
+    """A case whose tumour voxels (all ET, so in every region) get ``p_tumour`` and the rest ``p_background``."""
+    probs = np.concatenate([np.tile(np.asarray(p_tumour, np.float32)[:, None], (1, n_in)),
+                            np.full((3, n_out), p_background, np.float32)], axis=1)
+    truth = np.concatenate([np.ones((3, n_in), bool), np.zeros((3, n_out), bool)], axis=1)
+    return CaseVoxels(pop, probs, truth, np.asarray(labelled))
+
+
+def test_an_under_confident_region_gets_a_lower_threshold_and_a_calibrated_one_keeps_half():
+    # WT probabilities of the tumour sit at 0.42: at 0.5 nothing is found (Dice 0), at <= 0.4 all of it.
+    cases = [_case("GLI", (0.42, 0.9, 0.9)), _case("MET", (0.42, 0.9, 0.9))]
+    cal = choose_thresholds(cases)
+    assert cal["threshold"][0] == 0.4  # of the candidates that find the whole tumour, the closest to 0.5
+    assert cal["dice_at_0.5"]["WT"] == 0.0 and cal["dice"]["WT"] == 1.0
+    # TC and ET are chosen given WT: with WT found, 0.5 is already perfect and stays
+    assert cal["threshold"][1:] == [0.5, 0.5] and cal["dice"]["TC"] == 1.0
+    assert cal["n_cases"] == 2 and 0.5 in cal["candidates"]
+    assert len(cal["table"]["WT"]) == len(cal["candidates"])
+
+
+def test_later_regions_are_chosen_given_the_earlier_ones():
+    # ET is confident, but sits inside WT only if WT's threshold finds it: chosen after WT, ET keeps 0.5.
+    cal = choose_thresholds([_case("GLI", (0.37, 0.33, 0.8))])
+    assert cal["threshold"] == [0.35, 0.3, 0.5]
+    assert cal["dice"] == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
+
+
+def test_a_gain_below_the_minimum_keeps_half():
+    # One population gains a little from 0.45, the other loses nothing: below min_gain it stays at 0.5.
+    good = _case("GLI", (0.9, 0.9, 0.9))
+    tiny = _case("MET", (0.9, 0.9, 0.9), n_in=1000)
+    tiny.probs[0, :3] = 0.47  # 3 of 1,000 tumour voxels just under 0.5: Dice 0.9985 at 0.5
+    cal = choose_thresholds([good, tiny], min_gain=0.005)
+    assert cal["threshold"][0] == 0.5
+    assert choose_thresholds([good, tiny], min_gain=0.0)["threshold"][0] == 0.45
+
+
+def test_populations_weigh_equally_whatever_their_case_counts():
+    # Three GLI cases need >= 0.45 (background at 0.4); one MET case needs <= 0.35. Weighted by case, 0.45+
+    # would win (0.75 against 0.5); macro over populations picks 0.35 (0.67 against 0.5).
+    gli = [_case("GLI", (0.9, 0.9, 0.9), p_background=0.4) for _ in range(3)]  # 0.4 background: false positives below
+    met = [_case("MET", (0.38, 0.9, 0.9))]
+    assert choose_thresholds(gli + met)["threshold"][0] == 0.35
+
+
+def test_unlabelled_regions_keep_half():
+    cal = choose_thresholds([_case("MEN", (0.4, 0.4, 0.4), labelled=(True, False, False))])
+    assert cal["threshold"] == [0.4, 0.5, 0.5]
+    assert cal["dice_at_0.5"]["TC"] is None and cal["table"]["TC"][0] is None
+
+
+def test_case_voxels_keeps_only_what_can_change_the_dice():
+    probs = np.zeros((3, 4, 5, 6), np.float32)
+    probs[:, 0, 0, 0] = 0.8  # a false positive at every threshold
+    seg = np.zeros((4, 5, 6), np.uint8)
+    seg[1, 1, 1] = 3  # a missed ET voxel
+    cv = case_voxels(probs, seg, [1, 1, 1], "GLI")
+    assert cv.probs.shape == (3, 2) and cv.truth.sum() == 3
+    cal = choose_thresholds([cv])
+    assert cal["dice_at_0.5"]["WT"] == 0.0
+
+
+def test_no_case_is_an_error():
+    with pytest.raises(Exception, match="at least one validation case"):
+        choose_thresholds([])
+
+
+def test_bundle_threshold_field_is_a_number_or_three(tiny_bundle):
+    meta = read_meta(tiny_bundle)
+    assert region_thresholds(meta) == (0.5, 0.5, 0.5)
+    assert region_thresholds({"inference": {"threshold": [0.4, 0.6, 0.55]}}) == (0.4, 0.6, 0.55)
+    for bad in ([0.5, 0.5], 1.5, "0.5", [0.5, 0.0, 0.5], True):
+        with pytest.raises(BundleError, match="inference.threshold"):
+            region_thresholds({"inference": {"threshold": bad}})
+
+
+def test_a_bundle_with_a_broken_threshold_is_refused_on_load(tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["inference"]["threshold"] = [0.5, 2]
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"inference.threshold must be a number in \(0, 1\) or a list of three"):
+        load_bundle(copy)
+
+
+def test_the_pipeline_thresholds_each_region_with_its_own(tiny_bundle, small_case, tmp_path):
+    import shutil
+
+    base = segment_folder(small_case, model=tiny_bundle, device="cpu")
+    probs_high = tmp_path / "high"
+    shutil.copytree(tiny_bundle, probs_high)
+    meta = json.loads((probs_high / "model.json").read_text())
+    meta["inference"]["threshold"] = [0.5, 0.999, 0.999]  # TC and ET (nearly) never reached
+    (probs_high / "model.json").write_text(json.dumps(meta))
+    high = segment_folder(small_case, model=probs_high, device="cpu")
+    a, b = sitk.GetArrayFromImage(base.label), sitk.GetArrayFromImage(high.label)
+    np.testing.assert_array_equal(a > 0, b > 0)  # WT: the same threshold, the same voxels
+    assert np.isin(b, (1, 3)).sum() <= np.isin(a, (1, 3)).sum()
+    assert np.isin(b, (1, 3)).sum() < np.isin(a, (1, 3)).sum() or np.isin(a, (1, 3)).sum() == 0
+
+
+def _tiny_run(tmp_path, **kw):
+    data = tmp_path / "data"
+    for i in range(3):
+        write_fake_case(data, f"BraTS-GLI-{i:05d}-000", i)
+    for i in range(2):
+        write_fake_case(data, f"BraTS-MET-{i:05d}-000", 10 + i)
+    config = {"command": "train-teacher", "data": [str(data)], "out": str(tmp_path / "run"),
+              "network": resolve_network("tiny").to_dict(), "population": "GLI", "epochs": 1, "steps_per_epoch": 2,
+              "patch": (16, 16, 16), "batch": 2, "spacing": 4.0, "val_fraction": 0.4, "seed": 5, **kw}
+    events = []
+    train_teacher(TrainConfig(**config), progress=events.append)
+    return tmp_path / "run", events
+
+
+def test_training_calibrates_on_the_teachers_own_population(tmp_path):
+    run, events = _tiny_run(tmp_path)
+    meta = read_meta(run)
+    cal = meta["metrics"]["calibration"]
+    split = json.loads((run / "split.json").read_text())
+    assert cal["n_cases"] == sum(n.startswith("BraTS-GLI") for n in split["val"]) >= 1
+    assert meta["inference"]["threshold"] == cal["threshold"] and len(cal["threshold"]) == 3
+    assert all(t in cal["candidates"] for t in cal["threshold"])
+    for region in ("WT", "TC", "ET"):
+        if cal["dice_at_0.5"][region] is not None:
+            assert cal["dice"][region] >= cal["dice_at_0.5"][region]
+    assert "calibrating" in [e["stage"] for e in events]
+
+
+def test_calibrate_command_rewrites_the_bundle_of_an_uncalibrated_run(tmp_path, capsys):
+    from MTSSSegmenterLib.cli import main
+
+    run, _ = _tiny_run(tmp_path, calibrate=False)
+    before = read_meta(run)
+    assert before["inference"]["threshold"] == 0.5 and "calibration" not in before["metrics"]
+    assert main(["calibrate", str(run), "--device", "cpu", "--min-gain", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "thresholds on" in out and "validation cases" in out
+    after = load_bundle(run).meta  # still loads: the weights and their checksum did not change
+    assert after["weights_sha256"] == before["weights_sha256"]
+    assert len(after["inference"]["threshold"]) == 3 and after["metrics"]["calibration"]["n_cases"] >= 1
+    assert not math.isnan(float(after["inference"]["threshold"][0]))
+
+
+def test_calibrate_command_names_a_folder_that_is_no_run(tmp_path, capsys):
+    from MTSSSegmenterLib.cli import main
+
+    assert main(["calibrate", str(tmp_path), "--device", "cpu"]) == 2
+    assert "is not a finished training run: it lacks run.json" in capsys.readouterr().err
