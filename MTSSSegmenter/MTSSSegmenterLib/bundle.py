@@ -149,6 +149,13 @@ def model_card(meta: dict[str, Any], name: str) -> str:
     summary = (meta.get("metrics") or {}).get("summary")
     if summary:
         lines.append(f"Metrics: {summary}")
+    try:
+        thresholds = region_thresholds(meta)
+    except BundleError:
+        thresholds = None
+    if thresholds and thresholds != (0.5, 0.5, 0.5):
+        chosen = " (chosen on validation cases)" if (meta.get("metrics") or {}).get("calibration") else ""
+        lines.append("Thresholds WT/TC/ET: " + "/".join(f"{t:g}" for t in thresholds) + chosen)
     return "\n".join(lines)
 
 

@@ -165,6 +165,11 @@ def test_calibrate_command_rewrites_the_bundle_of_an_uncalibrated_run(tmp_path, 
     assert after["weights_sha256"] == before["weights_sha256"]
     assert len(after["inference"]["threshold"]) == 3 and after["metrics"]["calibration"]["n_cases"] >= 1
     assert not math.isnan(float(after["inference"]["threshold"][0]))
+    card = load_bundle(run).card()
+    if tuple(after["inference"]["threshold"]) != (0.5, 0.5, 0.5):
+        assert "Thresholds WT/TC/ET: " in card and "(chosen on validation cases)" in card
+    else:
+        assert "Thresholds" not in card
 
 
 def test_calibrate_command_names_a_folder_that_is_no_run(tmp_path, capsys):
@@ -172,3 +177,11 @@ def test_calibrate_command_names_a_folder_that_is_no_run(tmp_path, capsys):
 
     assert main(["calibrate", str(tmp_path), "--device", "cpu"]) == 2
     assert "is not a finished training run: it lacks run.json" in capsys.readouterr().err
+
+
+def test_the_model_card_shows_thresholds_other_than_half():
+    from MTSSSegmenterLib.bundle import model_card
+
+    calibrated = {"inference": {"threshold": [0.5, 0.65, 0.5]}, "metrics": {"calibration": {"n_cases": 30}}}
+    assert "Thresholds WT/TC/ET: 0.5/0.65/0.5 (chosen on validation cases)" in model_card(calibrated, "m")
+    assert "Thresholds" not in model_card({"inference": {"threshold": 0.5}}, "m")
