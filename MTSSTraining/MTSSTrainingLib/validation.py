@@ -1,7 +1,8 @@
 """Validation during training: held-out cases of every population, per-population Dice matrix.
 
 Each held-out case is segmented whole with the inference path's sliding window
-(:func:`MTSSSegmenterLib.inference.predict`), thresholded into nested labels as the pipeline does, and
+(:func:`MTSSSegmenterLib.inference.predict`), thresholded at 0.5 into nested labels (the thresholds a bundle
+ships with are chosen after training, :mod:`.calibration`), and
 scored with :func:`MTSSSegmenterLib.metrics.dice` per region, at the working spacing (no resampling
 back to the original grid: fast, and what training optimises). Regions a case's labels do not mark
 (partial labels) are left out of its scores. Under ``torchrun`` the processes score disjoint shares and

@@ -15,6 +15,8 @@ collapsed to constant outputs on the CPU budget); ``joint-continued`` trains the
 same extra steps without teachers, the fair comparison. Both, and the joint baseline they start from, also
 train on a small cohort of clinical studies (``mtss synth --clinical``: own grid per series, head motion,
 skull on half of them), prepared through registration and brain extraction as ``mtss segment`` prepares them.
+Every run ends by choosing its per-region decision thresholds on its own validation cases
+(:mod:`MTSSTrainingLib.calibration`), so that the comparisons are between calibrated models.
 
 Usage::
 
