@@ -37,6 +37,7 @@ import torch
 from MTSSSegmenterLib.constants import POPULATION_CODES, REGION_CODES
 from MTSSSegmenterLib.errors import InputError
 from MTSSSegmenterLib.inference import predict
+from MTSSSegmenterLib.metrics import dice
 from MTSSSegmenterLib.preprocess import labels_to_regions
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,6 @@ def case_voxels(probabilities: np.ndarray, seg: np.ndarray, label_mask: Sequence
     keep = (p >= lowest).any(0) | truth.any(0)
     return CaseVoxels(population, p[:, keep], truth[:, keep],
                       np.asarray(label_mask, dtype=np.float32) > 0)
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = int(pred.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(pred & truth)) / total
 
 
 def _macro(rows: list[tuple[str, float]]) -> float:
@@ -100,8 +96,8 @@ def choose_thresholds(cases: Sequence[CaseVoxels], candidates: Sequence[float] =
             parents = [m & (c.probs[k] >= t) for m, c in zip(parents, cases)]
         scores = []
         for t in candidates:
-            rows = [(c.population, _dice(m & (c.probs[r] >= t), c.truth[r]) if c.labelled[r] else math.nan)
-                    for m, c in zip(parents, cases)]
+            rows = [(c.population, dice((m & (c.probs[r] >= t))[:, None, None], c.truth[r][:, None, None])
+                     if c.labelled[r] else math.nan) for m, c in zip(parents, cases)]  # voxel lists as 3-D
             scores.append(_macro(rows))
         table[region] = [None if not math.isfinite(s) else round(s, 4) for s in scores]  # type: ignore[misc]
         half = scores[candidates.index(0.5)]
@@ -151,9 +147,7 @@ def apply_calibration(meta: dict[str, Any], calibration: dict[str, Any]) -> dict
 
 def calibration_names(split_val: Sequence[str], index: Any, population: str | None) -> list[str]:
     """The validation cases a run is calibrated on: its own population's for a teacher, else all."""
-    if population is None:
-        return list(split_val)
-    return [r.name for r in index.select(list(split_val)) if r.population == population]
+    return [r.name for r in index.select(list(split_val)) if population is None or r.population == population]
 
 
 def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = MIN_GAIN,
@@ -184,7 +178,6 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     bundle = load_bundle(run)
     index = discover(config.data, config.mapping)
     names = calibration_names(split.get("val", []), index, config.population if config.command == "train-teacher" else None)
-    names = [n for n in names if n in {r.name for r in index.cases}]
     if not names:
         raise InputError(f"Run '{run}' has no validation case left in {', '.join(config.data)} to calibrate on "
                          "(trained with --val-fraction 0, or the data moved).")
@@ -199,7 +192,7 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     dev = resolve_device(device)
     network = bundle.network.to(dev)
     calibration = calibrate_network(network, cache, names, bundle.meta["inference"].get("roi_size", [128] * 3), dev,
-                                    amp=dev.type == "cuda", divisor=bundle.network_config.divisor, progress=progress,
+                                    amp=bool(config.amp) and dev.type == "cuda", divisor=bundle.network_config.divisor, progress=progress,
                                     min_gain=min_gain)
     save_bundle(network.cpu(), apply_calibration(copy.deepcopy(bundle.meta), calibration), run)
     return calibration
