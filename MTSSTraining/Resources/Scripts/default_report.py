@@ -174,6 +174,8 @@ def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
 def threshold_lines(rep: dict, summary: dict, before: dict | None) -> list[str]:
     """Each model's decision thresholds (chosen on its validation cases) and, given the evaluation of the
     same models at 0.5 (``--uncalibrated``), the test cohort's macro Dice before and after."""
+    from MTSSSegmenterLib.bundle import region_thresholds
+
     L = ["", "## Decision thresholds (chosen on each run's validation cases)", "",
          "Each region's threshold was chosen on the run's own validation cases (never the test cohort; "
          "`mtss calibrate`, done by training itself since 2026-11-23): WT first, then TC given WT, then ET, "
@@ -187,8 +189,7 @@ def threshold_lines(rep: dict, summary: dict, before: dict | None) -> list[str]:
         if not f.is_file():
             continue
         meta = json.loads(f.read_text())
-        t = meta["inference"].get("threshold", 0.5)
-        t = t if isinstance(t, list) else [t] * 3
+        t = region_thresholds(meta)
         n = (meta.get("metrics", {}).get("calibration") or {}).get("n_cases", "–")
         old = " / ".join(fmt(mean(before, key, None, r)) for r in REGIONS) if before and key in before else "–"
         new = " / ".join(fmt(mean(summary, key, None, r)) for r in REGIONS)
