@@ -42,6 +42,8 @@ class PreparedCase:
     canonical_shape: tuple[int, int, int]
     working_spacing_zyx: tuple[float, float, float]
     warnings: list[str] = field(default_factory=list)
+    # (3, Z, Y, X) uint8: the share of each working voxel (x 255) that WT, TC, ET cover in the label map
+    fractions: np.ndarray | None = None
 
 
 def validate_inputs(images: dict[str, sitk.Image]) -> dict[str, sitk.Image]:
@@ -178,13 +180,14 @@ def prepare_case(images: dict[str, sitk.Image], preprocessing: dict[str, Any], s
             masks.append(torch.zeros(target, device=dev))
     encoding = preprocessing.get("modality_encoding", "mask-channels")
     stack = channels + (masks if encoding == "mask-channels" else [])
-    seg_arr = None
+    seg_arr = fractions = None
     if seg is not None:
         seg_canon = onto_canonical(seg, frame, sitk.sitkNearestNeighbor) if Grid.of(seg).same_as(ref_grid) else \
             onto_canonical(sitk.Resample(seg, ref_img, sitk.Transform(), sitk.sitkNearestNeighbor), frame,
                            sitk.sitkNearestNeighbor)
         s = torch.from_numpy(sitk.GetArrayFromImage(seg_canon).astype(np.uint8)[crop].copy())
         seg_arr = resize(s[None].float(), target, "nearest")[0].to(torch.uint8).numpy()
+        fractions = region_fractions(s, target)
     return PreparedCase(
         image=torch.stack(stack).cpu().numpy().astype(np.float32),
         present=tuple(c for c in MODALITY_CODES if c in arrays),
@@ -196,6 +199,7 @@ def prepare_case(images: dict[str, sitk.Image], preprocessing: dict[str, Any], s
         canonical_shape=tuple(brain.shape),  # type: ignore[arg-type]
         working_spacing_zyx=tuple(float(w) for w in working),  # type: ignore[arg-type]
         warnings=warnings,
+        fractions=fractions,
     )
 
 
@@ -215,6 +219,24 @@ def labels_to_regions(labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.T
     if isinstance(labels, torch.Tensor):
         return torch.stack([labels > 0, (labels == 1) | (labels == 3), labels == 3]).to(torch.float32)
     return np.stack([labels > 0, (labels == 1) | (labels == 3), labels == 3]).astype(np.float32)
+
+
+def region_fractions(labels: np.ndarray | torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+    """The share of each voxel of a ``shape`` grid that WT, TC and ET cover in a finer (or coarser) label map
+    over the same extent: (3, *shape) uint8, 0..255.
+
+    Averaging over each coarse voxel keeps thin structures (an enhancing rim one voxel thick at 1 mm) that a
+    nearest-neighbour label map at 3 mm aliases away: a network trained on these shares, thresholded at 0.5
+    after linear upsampling, could reach a whole-tumour Dice of 0.96 at 3 mm on the synthetic test cohort,
+    where the nearest-neighbour labels cap it at 0.88 (``mtss ceiling``).
+    """
+    regions = torch.as_tensor(labels_to_regions(torch.as_tensor(np.asarray(labels))))  # (3, z, y, x) float32
+    shape = tuple(int(n) for n in shape)
+    finer = tuple(min(a, b) for a, b in zip(regions.shape[1:], shape))  # average where the grid gets coarser
+    if finer != tuple(regions.shape[1:]):
+        regions = F.adaptive_avg_pool3d(regions[None], finer)[0]
+    regions = resize(regions, shape, "trilinear")  # interpolate where it gets finer
+    return (regions.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
 
 
 def per_region(threshold: float | Sequence[float], n: int = 3) -> np.ndarray:

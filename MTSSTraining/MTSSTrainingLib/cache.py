@@ -33,7 +33,8 @@ from .distributed import DistContext
 log = logging.getLogger(__name__)
 
 N_MOD = len(MODALITY_CODES)
-CACHE_VERSION = 2  # 2: cases go through prepare_study (registration, brain extraction) as in segment
+CACHE_VERSION = 3  # 2: cases go through prepare_study (registration, brain extraction) as in segment; 3: fractions
+ARRAYS = ("image", "seg", "brain", "fractions")  # one .npy file each per case
 # The segmenter modules a prepared case depends on: a change to any of them makes a new cache key, so a
 # persistent --cache-dir never serves cases prepared by older registration or brain-extraction code.
 PREPARATION_MODULES = ("bias", "clinical", "geometry", "io", "preprocess", "registration", "skull")
@@ -63,10 +64,11 @@ class CachedCase:
     brain: np.ndarray  # (Z, Y, X) bool
     label_mask: np.ndarray  # (3,) float32, 1 for each region the label map marks
     spacing_zyx: tuple[float, float, float]
+    fractions: np.ndarray  # (3, Z, Y, X) uint8: share x 255 of each voxel in WT, TC, ET (soft targets)
 
     @property
     def nbytes(self) -> int:
-        return int(self.image.nbytes + self.seg.nbytes + self.brain.nbytes)
+        return int(self.image.nbytes + self.seg.nbytes + self.brain.nbytes + self.fractions.nbytes)
 
     def network_input(self, keep: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
         """(8, Z, Y, X) float32: image channels then modality-mask channels (``keep`` drops modalities)."""
@@ -79,13 +81,14 @@ class CachedCase:
 def from_prepared(name: str, population: str, prepared: PreparedCase,
                   labels: Sequence[str] = REGION_CODES) -> CachedCase:
     """A :class:`CachedCase` from what ``prepare_case`` returned (the case must have a label map)."""
-    if prepared.seg is None:
+    if prepared.seg is None or prepared.fractions is None:
         raise MTSSError(f"Case '{name}' was prepared without a label map; training needs one.")
     present = np.array([1.0 if m in prepared.present else 0.0 for m in MODALITY_CODES], dtype=np.float32)
     return CachedCase(name, population, prepared.image[:N_MOD].astype(np.float16), present,
                       prepared.seg.astype(np.uint8), prepared.brain.astype(bool),
                       np.array([1.0 if r in labels else 0.0 for r in REGION_CODES], dtype=np.float32),
-                      tuple(float(s) for s in prepared.working_spacing_zyx))  # type: ignore[arg-type]
+                      tuple(float(s) for s in prepared.working_spacing_zyx),  # type: ignore[arg-type]
+                      prepared.fractions.astype(np.uint8))
 
 
 def prepare_record(record: CaseRecord, preprocessing: dict[str, Any]) -> CachedCase:
@@ -264,7 +267,7 @@ class CaseCache:
     # ------------------------------------------------------------------ disk
     def _paths(self, name: str) -> dict[str, Path]:
         assert self.folder is not None
-        return {k: self.folder / f"{name}.{k}.npy" for k in ("image", "seg", "brain")} | {"json": self.folder / f"{name}.json"}
+        return {k: self.folder / f"{name}.{k}.npy" for k in ARRAYS} | {"json": self.folder / f"{name}.json"}
 
     def _on_disk(self, name: str, stamp: list[Any]) -> bool:
         if self.folder is None:
@@ -285,6 +288,7 @@ class CaseCache:
         _atomic_save(p["image"], case.image)
         _atomic_save(p["seg"], case.seg)
         _atomic_save(p["brain"], case.brain)
+        _atomic_save(p["fractions"], case.fractions)
         info = {"population": case.population, "present": case.present.tolist(),
                 "label_mask": case.label_mask.tolist(), "spacing_zyx": list(case.spacing_zyx), "stamp": stamp}
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{case.name}.", suffix=".tmp")
@@ -301,7 +305,7 @@ class CaseCache:
         """Bring a case written to disk into RAM if it fits, else keep it memory-mapped."""
         self._disk_entry(name)
         p = self._paths(name)
-        size = sum(p[k].stat().st_size for k in ("image", "seg", "brain"))
+        size = sum(p[k].stat().st_size for k in ARRAYS)
         if self.used + size <= self.budget:
             self._memory[name] = self._read(name, mmap=False)
             self.used += size
@@ -312,7 +316,8 @@ class CaseCache:
         p = self._paths(name)
         mode = "r" if mmap else None
         return CachedCase(name, pop, np.load(p["image"], mmap_mode=mode), present, np.load(p["seg"], mmap_mode=mode),
-                          np.load(p["brain"], mmap_mode=mode), label_mask, spacing)  # type: ignore[arg-type]
+                          np.load(p["brain"], mmap_mode=mode), label_mask, spacing,  # type: ignore[arg-type]
+                          np.load(p["fractions"], mmap_mode=mode))
 
     # ------------------------------------------------------------------ access
     def __contains__(self, name: str) -> bool:

@@ -110,6 +110,9 @@ def _training_options(p: argparse.ArgumentParser, command: str) -> None:
                    help="probability per series of clinical degradations: thick 2-6 mm slices along a random axis "
                         "and a smooth bias field (default 0: off)")
     p.add_argument("--name", default=None, help="bundle name (default teacher-POP, joint or student)")
+    p.add_argument("--soft-targets", action="store_true",
+                   help="train on the share of each working voxel that each region covers in the label map instead "
+                        "of nearest-neighbour labels (keeps thin enhancing rims at a coarse working spacing)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep the 0.5 decision threshold instead of choosing one per region on the validation cases")
     default_subsets = [] if command == "train-teacher" else ["t1c,t2f"]
@@ -180,7 +183,8 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
                        val_fraction=args.val_fraction, spacing=args.spacing, mapping=args.mapping, init=args.init,
                        cache_gb=args.cache_gb, cache_dir=args.cache_dir, time_limit_min=args.time_limit_min, modality_dropout=dropout, name=args.name, val_subsets=subsets,
                        calibrate=args.calibrate,
-                       augment=_clinical_augment(args.clinical_augment), **extra)
+                       augment={**_clinical_augment(args.clinical_augment),
+                                **({"soft_targets": True} if args.soft_targets else {})}, **extra)
 
 
 def _clinical_augment(p: float) -> dict[str, Any]:

@@ -8,7 +8,7 @@ same samples), in four steps:
    ``pos_fraction``, else a brain voxel outside the tumour; a region somewhat larger than the patch is
    cut out (zero padding at the borders).
 2. **Spatial** (MONAI ``RandAffined``, ``RandFlipd``): small rotations and scaling resampled to the patch
-   size, flips along every axis; image bilinear, labels and brain mask nearest.
+   size, flips along every axis; image bilinear, labels and brain mask nearest (soft targets bilinear).
 3. **Intensity** (MONAI ``RandScaleIntensityd``, ``RandShiftIntensityd``, ``RandAdjustContrastd``) on
    the image channels, per channel, then zero again outside the brain and in missing modalities, as
    preprocessing leaves them.
@@ -17,7 +17,11 @@ same samples), in four steps:
    working grid, as a 5 mm series resampled onto the reference looks) and multiplied by a smooth bias
    field on a raw-like intensity scale before it is z-scored again in the brain, so that the network
    does not depend on the 1 mm BraTS grid or on bias-free inputs (the clinical-MRI issue).
-5. **Modality dropout**: with probability ``modality_dropout`` the sample's ``keep`` vector is a random
+5. **Targets**: the three regions of the label map at the working spacing (nearest neighbour), or with
+   ``soft_targets`` the share of each working voxel that each region covers at the label map's own
+   resolution (:func:`~MTSSSegmenterLib.preprocess.region_fractions`), which keeps the thin enhancing
+   rims and the boundaries that a 3 mm nearest-neighbour label map aliases.
+6. **Modality dropout**: with probability ``modality_dropout`` the sample's ``keep`` vector is a random
    non-empty subset of the modalities present, always sometimes FLAIR+T1c and T1c alone (the
    clinically common subsets); the trainer zeros the image and mask channels of dropped modalities for
    the student while teachers see every modality present (Choi et al., CMPB 2023).
@@ -64,6 +68,7 @@ class AugmentConfig:
     thick_slice_mm: tuple[float, float] = (2.0, 6.0)
     bias_prob: float = 0.0  # per series: a smooth multiplicative bias field
     bias_strength: float = 0.3  # log-field standard deviation
+    soft_targets: bool = False  # region shares of each voxel instead of nearest-neighbour labels
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -214,7 +219,8 @@ class PatchSampler:
             spatial.append(RandAffined(keys=["image", "label", "brain"], spatial_size=c.patch, prob=c.spatial_prob,
                                        rotate_range=(rot, rot, rot),
                                        scale_range=tuple((c.scale[0] - 1.0, c.scale[1] - 1.0) for _ in range(3)),
-                                       mode=("bilinear", "nearest", "nearest"), padding_mode="zeros", cache_grid=True))
+                                       mode=("bilinear", "bilinear" if c.soft_targets else "nearest", "nearest"),
+                                       padding_mode="zeros", cache_grid=True))
         if c.flip and extras is None:
             spatial += [RandFlipd(keys=["image", "label", "brain"], prob=0.5, spatial_axis=a) for a in range(3)]
         intensity: list[Any] = []
@@ -256,7 +262,8 @@ class PatchSampler:
         c = self.config
         rng = np.random.default_rng(seed)
         centre = self.centre(case, rng)
-        main = {"image": np.asarray(case.image), "label": np.asarray(case.seg)[None], "brain": np.asarray(case.brain)[None]}
+        label = np.asarray(case.fractions) if c.soft_targets else np.asarray(case.seg)[None]
+        main = {"image": np.asarray(case.image), "label": label, "brain": np.asarray(case.brain)[None]}
         extras = self.extras(case.name) if self.extras is not None else {}
         if extras:
             stride = max(s for _, s in extras.values())
@@ -289,9 +296,12 @@ class PatchSampler:
             image = degrade(image.float(), brain[0], rng, c, case.spacing_zyx, case.present)
         image = image * (brain > 0.5) * torch.from_numpy(case.present)[:, None, None, None]
         keep = choose_subset(rng, case.present, c.modality_dropout, c.common_subset_prob)
-        labels = label[0].round().clamp(0, 3).to(torch.uint8)
+        if c.soft_targets:
+            target = (label.float() / 255.0).clamp(0.0, 1.0).contiguous()
+        else:
+            target = labels_to_regions(label[0].round().clamp(0, 3).to(torch.uint8))
         sample = {"image": image.float().contiguous(), "present": torch.from_numpy(case.present.copy()),
-                  "keep": torch.from_numpy(keep), "target": labels_to_regions(labels),
+                  "keep": torch.from_numpy(keep), "target": target,
                   "label_mask": torch.from_numpy(case.label_mask.copy()), "population": case.population,
                   "case": case.name}
         if more:

@@ -134,6 +134,8 @@ def test_cache_spills_to_disk_beyond_budget(tmp_path):
         assert isinstance(b.image, np.memmap)
         np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
         np.testing.assert_array_equal(np.asarray(a.seg), np.asarray(b.seg))
+        np.testing.assert_array_equal(np.asarray(a.fractions), np.asarray(b.fractions))
+        assert np.asarray(b.fractions)[0].any()  # the tumour's shares came back from disk
     # a second cache over the same folder reuses the files instead of preparing again
     again = CaseCache(PRE, tmp_path / "cache", budget_bytes=1 << 30)
     again.fill(index.cases)
@@ -195,7 +197,7 @@ def test_split_is_stratified_and_deterministic(tmp_path):
 
 
 def _cached_case(seed: int = 0):
-    from MTSSSegmenterLib.preprocess import PreparedCase
+    from MTSSSegmenterLib.preprocess import PreparedCase, region_fractions
 
     rng = np.random.default_rng(seed)
     shape = (40, 44, 36)
@@ -205,8 +207,10 @@ def _cached_case(seed: int = 0):
     image = np.concatenate([rng.standard_normal((4,) + shape).astype(np.float32), np.ones((4,) + shape, np.float32)])
     image[2] = 0  # t2w missing
     image[6] = 0
+    fine = np.repeat(seg, 2, axis=0)  # the label map at twice the resolution along z, with a thin enhancing layer
+    fine[41] = np.where(fine[41] == 1, 3, fine[41])
     prepared = PreparedCase(image, ("t1n", "t1c", "t2f"), np.ones(shape, bool), seg, "t1c", None, (slice(0, 1),) * 3,
-                            shape, (4.0, 4.0, 4.0))
+                            shape, (4.0, 4.0, 4.0), fractions=region_fractions(fine, shape))
     return from_prepared("BraTS-GLI-00001-000", "GLI", prepared)
 
 
@@ -223,6 +227,23 @@ def test_patch_sampler_is_deterministic_and_respects_missing_modalities():
         assert torch.all(s["image"][2] == 0)  # the missing modality stays zero after augmentation
         assert s["keep"][2] == 0 and s["keep"].sum() >= 1 and torch.all(s["keep"] <= s["present"])
         assert torch.all(s["target"][2] <= s["target"][1]) and torch.all(s["target"][1] <= s["target"][0])
+
+
+def test_soft_targets_are_the_region_shares_and_follow_the_patch():
+    case = _cached_case()
+    assert case.fractions.shape == (3, 40, 44, 36) and case.fractions.dtype == np.uint8
+    assert int(case.fractions[2].max()) == 128  # the one 2 mm enhancing layer covers half of a 4 mm voxel
+    assert not (case.seg == 3).any()  # which the nearest-neighbour labels lose
+    hard = PatchSampler(AugmentConfig(patch=(16, 16, 16), pos_fraction=1.0, spatial_prob=0.0))
+    soft = PatchSampler(AugmentConfig(patch=(16, 16, 16), pos_fraction=1.0, spatial_prob=0.0, soft_targets=True))
+    a, b = hard(case, 3), soft(case, 3)  # same seed: same crop and flips
+    assert set(torch.unique(a["target"]).tolist()) <= {0.0, 1.0} and a["target"][2].sum() == 0
+    assert b["target"].dtype == torch.float32 and b["target"].shape == a["target"].shape
+    torch.testing.assert_close(b["target"][:2], a["target"][:2])  # WT and TC fill whole voxels here
+    assert b["target"][2].max() == pytest.approx(128 / 255) and b["target"][2].sum() > 0
+    rotated = PatchSampler(AugmentConfig(patch=(16, 16, 16), pos_fraction=1.0, spatial_prob=1.0, soft_targets=True))
+    t = rotated(case, 5)["target"]
+    assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0 and ((t > 0.05) & (t < 0.95)).any()  # interpolated
 
 
 def test_thick_slices_blur_only_along_their_axis():

@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--notes", type=Path, help="a Markdown file appended after the real case (what was seen by eye)")
     ap.add_argument("--uncalibrated", type=Path, nargs="*", default=[],
                     help="report.json files of the same models evaluated at threshold 0.5 (before `mtss calibrate`)")
+    ap.add_argument("--ceiling", type=Path, help="JSON written by `mtss ceiling TEST -o` (the resolution ceiling)")
     ap.add_argument("--title", default="MTSS default student: evaluation report")
     args = ap.parse_args(argv)
     w, b = args.work, args.bundle
@@ -271,6 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         s = subsets["t1c+t2f"]
         worst = max((mean(summary, student, None, r) or 0) - (mean(*s, None, r) or 0) for r in REGIONS)
         L.append(f"| FLAIR+T1c within 0.03 of all four (worst region) | {worst:+.3f} | {'yes' if worst <= 0.03 else 'no'} |")
+    if args.ceiling and args.ceiling.is_file():
+        from MTSSTrainingLib.ceiling import render_table
+
+        working = json.loads((b / "model.json").read_text())["preprocessing"]["spacing_mm"][0]
+        L += ["", "### What the working spacing allows (`mtss ceiling`)", "",
+              f"The student works at {working:g} mm. Each test label map brought to a working grid and back, as "
+              "training targets and segmentation bring it, without any network: no model at that spacing can "
+              "score above these Dice figures. *nearest*: nearest-neighbour labels (the default targets); "
+              "*soft*: the share of each voxel in each region (`--soft-targets`).", "",
+              render_table(json.loads(args.ceiling.read_text()))]
     before: dict = {}
     for f in args.uncalibrated:
         before.update(json.loads(f.read_text())["summary"])
