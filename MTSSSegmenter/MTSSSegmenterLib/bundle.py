@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,26 +117,53 @@ class Bundle:
 
     @property
     def thresholds(self) -> tuple[float, float, float]:
-        """Decision threshold per region (WT, TC, ET); see :func:`region_thresholds`."""
+        """Decision threshold per region (WT, TC, ET) with all inputs; see :func:`region_thresholds`."""
         return region_thresholds(self.meta)
+
+    def thresholds_for(self, present: Iterable[str]) -> tuple[float, float, float]:
+        """Decision threshold per region for this set of inputs (its own when calibrated for it)."""
+        return region_thresholds(self.meta, present)
 
     def card(self) -> str:
         """A short human-readable model card (for tooltips and ``--json`` summaries)."""
         return model_card(self.meta, self.name)
 
 
-def region_thresholds(meta: dict[str, Any]) -> tuple[float, float, float]:
-    """``inference.threshold`` as one threshold per region (WT, TC, ET).
+def subset_key(present: Iterable[str]) -> str:
+    """A set of inputs as ``inference.subset_thresholds`` names it: codes in t1n, t1c, t2w, t2f order, e.g.
+    ``"t1c,t2f"``."""
+    codes = set(present)
+    return ",".join(c for c in MODALITY_CODES if c in codes)
 
-    A single number applies to every region (the format before calibration, still valid); a list of three
-    comes from threshold calibration on validation cases (``mtss calibrate``)."""
-    value = (meta.get("inference") or {}).get("threshold", 0.5)
+
+def _three(value: Any, what: str) -> tuple[float, float, float]:
     values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     if (not isinstance(values, (list, tuple)) or len(values) != 3
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0 for v in values)):
-        raise BundleError(f"inference.threshold must be a number in (0, 1) or a list of three (WT, TC, ET), got "
-                          f"{value!r}.")
+        raise BundleError(f"{what} must be a number in (0, 1) or a list of three (WT, TC, ET), got {value!r}.")
     return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def region_thresholds(meta: dict[str, Any], present: Iterable[str] | None = None) -> tuple[float, float, float]:
+    """``inference.threshold`` as one threshold per region (WT, TC, ET).
+
+    A single number applies to every region (the format before calibration, still valid); a list of three
+    comes from threshold calibration on validation cases (``mtss calibrate``). ``inference.subset_thresholds``
+    (``{"t1c,t2f": [wt, tc, et], ...}``, chosen on the validation cases given only those inputs) overrides it
+    when ``present`` is exactly one of its sets; every entry is checked whatever ``present`` is."""
+    inference = meta.get("inference") or {}
+    default = _three(inference.get("threshold", 0.5), "inference.threshold")
+    subsets = inference.get("subset_thresholds") or {}
+    if not isinstance(subsets, dict):
+        raise BundleError(f"inference.subset_thresholds must map input sets to thresholds, got {subsets!r}.")
+    chosen = {}
+    for key, value in subsets.items():
+        codes = str(key).split(",")
+        if not codes or any(c not in MODALITY_CODES for c in codes) or subset_key(codes) != key:
+            raise BundleError(f"inference.subset_thresholds has the key {key!r}; keys are modality codes joined by "
+                              f"commas in the order {', '.join(MODALITY_CODES)} (e.g. 't1c,t2f').")
+        chosen[key] = _three(value, f"inference.subset_thresholds[{key!r}]")
+    return chosen.get(subset_key(present), default) if present is not None else default
 
 
 def model_card(meta: dict[str, Any], name: str) -> str:
@@ -156,6 +184,11 @@ def model_card(meta: dict[str, Any], name: str) -> str:
     if thresholds and thresholds != (0.5, 0.5, 0.5):
         chosen = " (chosen on validation cases)" if (meta.get("metrics") or {}).get("calibration") else ""
         lines.append("Thresholds WT/TC/ET: " + "/".join(f"{t:g}" for t in thresholds) + chosen)
+    own = (meta.get("inference") or {}).get("subset_thresholds") or {}
+    if thresholds and own:
+        example = "t1c,t2f" if "t1c,t2f" in own else next(iter(own))
+        lines.append(f"Own thresholds for {len(own)} input subsets (e.g. {example}: "
+                     + "/".join(f"{t:g}" for t in region_thresholds(meta, example.split(","))) + ")")
     return "\n".join(lines)
 
 

@@ -153,7 +153,7 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
     timings["network"] = time.perf_counter() - t
     _notify(progress, "finishing", 0.0)
     t = time.perf_counter()
-    threshold = bundle.thresholds
+    threshold = bundle.thresholds_for(case.present)
     grid = Grid.of(images[case.reference]) if output_spacing is None else isotropic_grid(images[case.reference],
                                                                                            output_spacing)
     label = restore(probs, case, threshold) if output_spacing is None else restore_on_grid(probs, case, grid,

@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from .cache import CaseCache
-from .calibration import apply_calibration, calibrate_network, calibration_names, describe
+from .calibration import apply_calibration, calibrate_network, calibrated_subsets, calibration_names, describe
 from .checkpoint import (
     atomic_write_json,
     load_checkpoint,
@@ -452,7 +452,7 @@ class Trainer:
             return None
         self._notify(stage="calibrating", fraction=0.0, message=f"{len(names)} validation cases")
         calibration = calibrate_network(spec.network, cache, names, c.roi_size, self.dist.device, amp,
-                                        spec.network.config.divisor,
+                                        spec.network.config.divisor, subsets=calibrated_subsets(c),
                                         progress=lambda i, n: self._notify(stage="calibrating", fraction=i / max(n, 1)))
         log.info("Calibrated %s", describe(calibration))
         return calibration

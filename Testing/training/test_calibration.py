@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import torch
 import pytest
 import SimpleITK as sitk
 from MTSSSegmenterLib.bundle import load_bundle, read_meta, region_thresholds
@@ -185,3 +186,89 @@ def test_the_model_card_shows_thresholds_other_than_half():
     calibrated = {"inference": {"threshold": [0.5, 0.65, 0.5]}, "metrics": {"calibration": {"n_cases": 30}}}
     assert "Thresholds WT/TC/ET: 0.5/0.65/0.5 (chosen on validation cases)" in model_card(calibrated, "m")
     assert "Thresholds" not in model_card({"inference": {"threshold": 0.5}}, "m")
+
+
+def test_subset_thresholds_apply_to_their_exact_inputs_and_are_checked():
+    meta = {"inference": {"threshold": [0.5, 0.65, 0.5], "subset_thresholds": {"t1c": [0.4, 0.45, 0.5],
+                                                                                 "t1c,t2f": 0.55}}}
+    assert region_thresholds(meta) == (0.5, 0.65, 0.5)
+    assert region_thresholds(meta, ("t1c",)) == (0.4, 0.45, 0.5)
+    assert region_thresholds(meta, ("t2f", "t1c")) == (0.55, 0.55, 0.55)  # order of the inputs does not matter
+    assert region_thresholds(meta, ("t1n", "t1c", "t2w", "t2f")) == (0.5, 0.65, 0.5)
+    assert region_thresholds(meta, ("t2w",)) == (0.5, 0.65, 0.5)  # no own set: the four-input thresholds
+    for key, value, match in (("t2f,t1c", 0.5, "keys are modality codes"), ("flair", 0.5, "keys are modality codes"),
+                              ("t1c", [0.5, 1.0, 0.5], r"subset_thresholds\['t1c'\] must be")):
+        with pytest.raises(BundleError, match=match):
+            region_thresholds({"inference": {"subset_thresholds": {key: value}}}, ("t1c",))
+
+
+class _Cache:
+    """Cached validation cases: a cube of enhancing tumour, bright on T1c."""
+
+    def __init__(self, n: int = 3):
+        from MTSSTrainingLib.cache import CachedCase
+
+        self.cases = {}
+        for i in range(n):
+            seg = np.zeros((16, 16, 16), np.uint8)
+            seg[4 + i:10 + i, 5:11, 4:10] = 3
+            image = np.zeros((4, 16, 16, 16), np.float16)
+            image[1][seg == 3] = 1.0
+            self.cases[f"c{i}"] = CachedCase(f"c{i}", "GLI", image, np.ones(4, np.float32), seg, np.ones(seg.shape, bool),
+                                             np.ones(3, np.float32), (4.0, 4.0, 4.0), np.zeros((3, 16, 16, 16), np.uint8))
+
+    def get(self, name):
+        return self.cases[name]
+
+
+class _Unsure(torch.nn.Module):
+    """Tumour where T1c is bright: probability 0.8 with all four inputs, 0.425 with T1c alone; background 0.01."""
+
+    def forward(self, x):
+        full = x[:, 4:8].mean(dim=1, keepdim=True)
+        p = torch.where(x[:, 1:2] > 0.5, 0.3 + 0.5 * full, torch.full_like(full, 0.01))
+        return torch.logit(p).expand(-1, 3, -1, -1, -1)
+
+
+def test_each_input_subset_gets_thresholds_chosen_with_only_those_inputs():
+    from MTSSTrainingLib.calibration import apply_calibration, calibrate_network, calibrated_subsets, describe
+
+    subsets = calibrated_subsets(TrainConfig(command="train-joint", data=["d"], out="o", modality_dropout=0.5))
+    assert len(subsets) == 14 and ("t1c",) in subsets and ("t1n", "t1c", "t2w", "t2f") not in subsets
+    assert calibrated_subsets(TrainConfig(command="train-teacher", data=["d"], out="o", population="GLI")) == []
+    cal = calibrate_network(_Unsure(), _Cache(), ["c0", "c1", "c2"], (16, 16, 16), torch.device("cpu"), False, 4,
+                            subsets=[("t1c",), ("t1c", "t2f"), ("t2w",)])
+    assert cal["threshold"] == [0.5, 0.5, 0.5]  # sure with all four inputs
+    own = cal["subsets"]
+    assert set(own) == {"t1c", "t1c,t2f", "t2w"} and own["t1c"]["n_cases"] == 3
+    assert own["t1c"]["threshold"] == [0.4, 0.4, 0.4] and own["t1c"]["dice"]["WT"] == pytest.approx(1.0)
+    assert own["t1c"]["dice_at_0.5"]["WT"] == pytest.approx(0.0)  # 0.425 never reaches 0.5
+    assert own["t1c,t2f"]["threshold"] == [0.5, 0.5, 0.5]  # 0.55 on the tumour: 0.5 is already right
+    assert own["t2w"]["threshold"] == [0.5, 0.5, 0.5]  # nothing to find without T1c: no threshold helps
+    assert "table" not in own["t1c"] and "own thresholds for 3 input subsets" in describe(cal)
+    meta = apply_calibration({"inference": {"threshold": 0.5}}, cal)
+    assert meta["inference"]["subset_thresholds"]["t1c"] == [0.4, 0.4, 0.4]
+    assert region_thresholds(meta, ("t1c",)) == (0.4, 0.4, 0.4) and region_thresholds(meta) == (0.5, 0.5, 0.5)
+    from MTSSSegmenterLib.bundle import model_card
+
+    assert "Own thresholds for 3 input subsets (e.g. t1c,t2f: 0.5/0.5/0.5)" in model_card(meta, "m")
+
+
+def test_the_pipeline_takes_the_thresholds_of_the_inputs_it_is_given(tiny_bundle, small_case, tmp_path):
+    import shutil
+
+    from MTSSSegmenterLib.pipeline import read_inputs, segment
+
+    strict = tmp_path / "strict"
+    shutil.copytree(tiny_bundle, strict)
+    meta = json.loads((strict / "model.json").read_text())
+    meta["inference"]["subset_thresholds"] = {"t1c": [0.999, 0.999, 0.999]}  # (nearly) never reached
+    (strict / "model.json").write_text(json.dumps(meta))
+    t1c = read_inputs({"t1c": small_case / f"{small_case.name}-t1c.nii.gz"})
+    both = read_inputs({m: small_case / f"{small_case.name}-{m}.nii.gz" for m in ("t1c", "t2f")})
+    alone = sitk.GetArrayFromImage(segment(t1c, model=strict, device="cpu").label)
+    alone_half = sitk.GetArrayFromImage(segment(t1c, model=tiny_bundle, device="cpu").label)
+    assert (alone > 0).sum() < (alone_half > 0).sum()
+    pair = sitk.GetArrayFromImage(segment(both, model=strict, device="cpu").label)
+    pair_half = sitk.GetArrayFromImage(segment(both, model=tiny_bundle, device="cpu").label)
+    np.testing.assert_array_equal(pair, pair_half)  # no own thresholds for FLAIR+T1c: the usual ones
