@@ -424,7 +424,7 @@ class Trainer:
                 validation, chosen = best.get("validation"), f"best (epoch {best['epoch']})"
             meta = self._bundle_meta(spec, index, split, validation, chosen)
             calibration = self._calibrate(spec, index, split, cache, amp) if validation is not None else None
-            plain = copy.deepcopy(meta)
+            plain = copy.deepcopy(meta) if spec.extra_networks else meta  # extra networks keep 0.5
             if calibration is not None:
                 apply_calibration(meta, calibration)
             bundle_path = save_bundle(spec.network.cpu(), meta, self.run_dir)

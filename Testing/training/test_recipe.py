@@ -55,7 +55,9 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
     for subset in ("t1c+t2f", "t1c", "t2f"):
         assert (work / "reports" / subset / "report.json").is_file()
     timings = json.loads((work / "timings.json").read_text())
-    assert {"synth", "teacher_base", "joint", "student", "joint_continued", "evaluate"} <= set(timings)
+    assert {"synth", "teacher_base", "joint", "student", "joint_continued", "evaluate", "ceiling"} <= set(timings)
+    ceiling = json.loads((work / "reports" / "ceiling.json").read_text())
+    assert set(ceiling["spacings"]) == {"4"} and ceiling["cases"] == len(POPULATIONS)
     # A rerun skips every finished step (and still evaluates).
     again = run(SCRIPTS / "train_default.py", "--work", work, "--profile", "tiny", "--device", "cpu",
                 "--only", "teacher-base,teachers,joint,student", cwd=tmp_path)
@@ -69,7 +71,9 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     text = (bundle / "report.md").read_text()
     for heading in ("## Dice per population", "## Student with missing modalities", "## Targets",
-                    "## Ablation: one KD term removed at a time", "Seen by eye: nothing."):
+                    "## Ablation: one KD term removed at a time", "Seen by eye: nothing.",
+                    "### What the working spacing allows", "| 4 | soft |", "### Thresholds per input subset",
+                    "| t1c+t2f |"):
         assert heading in text, heading
     assert "| macro | WT |" in text and "no KD term (ground truth only)" in text
     assert f"train on {len(POPULATIONS)} synthetic clinical studies" in text  # the tiny profile's 1 per population

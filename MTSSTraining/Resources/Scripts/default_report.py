@@ -197,6 +197,23 @@ def threshold_lines(rep: dict, summary: dict, before: dict | None) -> list[str]:
     return L
 
 
+def subset_threshold_lines(meta: dict) -> list[str]:
+    """The shipped model's own thresholds per input subset, with the validation Dice they were chosen on."""
+    own = ((meta.get("metrics") or {}).get("calibration") or {}).get("subsets") or {}
+    if not own:
+        return []
+    L = ["", "### Thresholds per input subset (shipped model)", "",
+         "Chosen the same way on the validation cases segmented with only those inputs; the pipeline applies "
+         "the set matching the inputs it is given.", "",
+         "| inputs | WT / TC / ET threshold | validation macro Dice WT / TC / ET at 0.5 | at these thresholds |",
+         "|---|---|---|---|"]
+    for key, c in own.items():
+        half = " / ".join(fmt(c["dice_at_0.5"].get(r)) for r in REGIONS)
+        chosen = " / ".join(fmt(c["dice"].get(r)) for r in REGIONS)
+        L.append(f"| {key.replace(',', '+')} | {' / '.join(f'{v:g}' for v in c['threshold'])} | {half} | {chosen} |")
+    return L
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, type=Path)
@@ -206,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--notes", type=Path, help="a Markdown file appended after the real case (what was seen by eye)")
     ap.add_argument("--uncalibrated", type=Path, nargs="*", default=[],
                     help="report.json files of the same models evaluated at threshold 0.5 (before `mtss calibrate`)")
-    ap.add_argument("--ceiling", type=Path, help="JSON written by `mtss ceiling TEST -o` (the resolution ceiling)")
+    ap.add_argument("--ceiling", type=Path, help="JSON written by `mtss ceiling TEST -o` (the resolution ceiling; "
+                                                 "default: WORK/reports/ceiling.json, written by the recipe)")
     ap.add_argument("--title", default="MTSS default student: evaluation report")
     args = ap.parse_args(argv)
     w, b = args.work, args.bundle
@@ -272,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         s = subsets["t1c+t2f"]
         worst = max((mean(summary, student, None, r) or 0) - (mean(*s, None, r) or 0) for r in REGIONS)
         L.append(f"| FLAIR+T1c within 0.03 of all four (worst region) | {worst:+.3f} | {'yes' if worst <= 0.03 else 'no'} |")
-    if args.ceiling and args.ceiling.is_file():
+    ceiling = args.ceiling or w / "reports" / "ceiling.json"
+    if ceiling.is_file():
         from MTSSTrainingLib.ceiling import render_table
 
         working = json.loads((b / "model.json").read_text())["preprocessing"]["spacing_mm"][0]
@@ -281,11 +300,12 @@ def main(argv: list[str] | None = None) -> int:
               "training targets and segmentation bring it, without any network: no model at that spacing can "
               "score above these Dice figures. *nearest*: nearest-neighbour labels (the default targets); "
               "*soft*: the share of each voxel in each region (`--soft-targets`).", "",
-              render_table(json.loads(args.ceiling.read_text()))]
+              render_table(json.loads(ceiling.read_text()))]
     before: dict = {}
     for f in args.uncalibrated:
         before.update(json.loads(f.read_text())["summary"])
     L += threshold_lines(rep, summary, before or None)
+    L += subset_threshold_lines(json.loads((b / "model.json").read_text()))
     figures = [f for f in rep.get("figures", []) if f.endswith(".png")]
     for f in figures[:3]:
         shutil.copy2(w / "reports" / "all" / f, b / f)

@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append(Job(f"evaluate_{subset}", "evaluate", [
             "evaluate", test, "--model", student, "--modalities", subset, "-o", out, "--device", dev,
             "--overlays", 0], out / "report.json", evaluated + [student]))
+    # what the working spacing allows any network on this test cohort (no network; seconds)
+    jobs.append(Job("ceiling", "evaluate", ["ceiling", test, "--spacing", p["spacing"], "-o", reports / "ceiling.json"],
+                    reports / "ceiling.json", evaluated))
     run_jobs([j for j in jobs if j.step in only], parallel, args.wait, w, timings, save_timings)
     timings["total_" + "-".join(only)] = round(time.time() - t0, 1)
     save_timings()
