@@ -1,4 +1,4 @@
-"""MTSS Segmenter: brain-tumour segmentation of MRI in 3D Slicer, by a distilled multi-population student.
+"""MTSS Segmenter: brain-tumour segmentation of MRI in 3D Slicer by a small multi-population network.
 
 A thin shell after Slicer's scripted-module template: the module description, the parameter node, the
 widget and the self-test. All computation lives in ``MTSSSegmenterLib`` (the MRML glue in
@@ -44,9 +44,10 @@ class MTSSSegmenter(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segments brain tumours in MRI: necrosis (NCR/NETC), edema (ED/SNFH) and enhancing tumour (ET), "
             "from any of T1, T1 post-contrast, T2 and FLAIR. Pick the volumes, click Segment, keep working "
-            "while it runs, then edit the segments in the Segment Editor. The model is a student network "
-            "distilled from several BraTS 2023 population teachers (glioma, paediatric, sub-Saharan African "
-            "glioma, meningioma, metastases). For research use; not a medical device.")
+            "while it runs, then edit the segments in the Segment Editor. The default model is a small network "
+            "trained on synthetic cases of five BraTS 2023 populations (glioma, paediatric, sub-Saharan African "
+            "glioma, meningioma, metastases); the MTSS Training module distils such students from population "
+            "teachers. For research use; not a medical device.")
         self.parent.acknowledgementText = _(
             "Built on 3D Slicer, PyTorch, MONAI and SimpleITK. Labels and regions follow the BraTS 2023 "
             "challenge conventions (Baid et al. 2021; Kazerooni et al. 2023; LaBella et al. 2023; "

@@ -2,7 +2,7 @@
 """Write the default bundle's ``report.md`` from a finished ``train_default.py`` work folder.
 
 It reads the evaluation reports (all models with four inputs; the student with FLAIR+T1c, T1c and FLAIR),
-segments the real case ``../shared/real/BraTS-GLI-00001-000`` with the student and draws it, checks the
+segments the real case ``../shared/real/BraTS-GLI-00001-000`` with the shipped model and draws it, checks the
 targets of the default-model issue, and writes everything beside the bundle (``report.md``, PNG charts,
 ``real_case_overlay.png``), plus a one-line metrics summary into the bundle's ``model.json``.
 
@@ -66,13 +66,14 @@ def coverage(seg: np.ndarray, reference: np.ndarray, spacing_zyx: np.ndarray, ma
 
 
 def real_case(student: Path, out_png: Path) -> list[str]:
-    """Segment the real case with the student; describe where the tumour was found."""
+    """Segment the real case with the shipped model; describe where the tumour was found."""
     import SimpleITK as sitk
     from scipy import ndimage
 
     from MTSSSegmenterLib.overlay import render_axial_montage, render_overlay
     from MTSSSegmenterLib.pipeline import segment_folder
 
+    out_png.with_name(out_png.stem + "_2.png").unlink(missing_ok=True)  # a previous model's second component
     if not REAL.is_dir():
         return [f"The real case was not found at {REAL}; skipped."]
     r = segment_folder(REAL, model=str(student), device="cpu")
@@ -90,7 +91,7 @@ def real_case(student: Path, out_png: Path) -> list[str]:
     covered, far = coverage(arr, reference, sp_zyx)
     lines.append(f"Against a crude reference, the FLAIR-hyperintense lesion (largest region of FLAIR > brain mean + "
                  f"1.5 SD, {reference.sum() * np.prod(sp_zyx) / 1000:.1f} mL; tumour and edema, not a necrotic "
-                 f"core dark on FLAIR), the student covers **{covered:.0f} %** of it and marks **{far:.1f} mL** more "
+                 f"core dark on FLAIR), the model covers **{covered:.0f} %** of it and marks **{far:.1f} mL** more "
                  "than 10 mm away from it.")
     render_axial_montage(flair, r.label, out_png.with_name(out_png.stem + "_axial.png"),
                          "Real BraTS-GLI-00001-000 (FLAIR): axial slices through the segmentation")
@@ -99,7 +100,7 @@ def real_case(student: Path, out_png: Path) -> list[str]:
         big = order[0] + 1
         zyx = np.argwhere(comps == big).mean(0)
         render_overlay(flair, r.label, out_png, "Real BraTS-GLI-00001-000 (FLAIR) segmented by the default "
-                       "student: largest component", centre_zyx=tuple(np.round(zyx).astype(int)))
+                       "model: largest component", centre_zyx=tuple(np.round(zyx).astype(int)))
         centre = np.argwhere(flair_lps > 0).mean(0)
         d = (zyx - centre) * sp_zyx  # mm, LPS axes: +x left, +y posterior, +z superior
         side = "left" if d[2] > 0 else "right"
@@ -136,6 +137,36 @@ def clinical_cohort(training: dict) -> str:
             "through registration and brain extraction as `mtss segment` prepares them")
 
 
+def soft_targets_line(runs: Path) -> str:
+    """Which runs trained on soft targets (region shares of each working voxel), from their run.json."""
+    soft = [r.name for r in sorted(runs.iterdir()) if (r / "run.json").is_file()
+            and json.loads((r / "run.json").read_text()).get("augment", {}).get("soft_targets")]
+    if not soft:
+        return ""
+    return (" Trained on soft targets (`--soft-targets`, the share of each working voxel in each region; the "
+            f"others on nearest-neighbour labels): {', '.join(soft)}.")
+
+
+def shipped_lines(w: Path, run: str, key: str, student: str | None, summary: dict) -> list[str]:
+    """Which model is installed when it is not the distilled student, and its figures beside the student's."""
+    L = ["## The shipped model", "",
+         f"The bundle installed as the default is **{run}**, not the distilled student: on the validation cases "
+         "and on this test cohort it scored higher (below). The student's figures are kept in every section that "
+         "follows, which evaluates the recipe.", "",
+         "| inputs | model | WT | TC | ET |", "|---|---|---|---|---|",
+         f"| all four | {run} | " + " | ".join(fmt(mean(summary, key, None, r)) for r in REGIONS) + " |",
+         "| all four | student | " + " | ".join(fmt(mean(summary, student, None, r)) for r in REGIONS) + " |"]
+    for sub in ("t1c+t2f", "t1c", "t2f"):
+        for name, folder in ((run, f"{run}-{sub}"), ("student", sub)):
+            f = w / "reports" / folder / "report.json"
+            if f.is_file():
+                r = json.loads(f.read_text())["summary"]
+                label = sub.replace("t1c", "T1c").replace("t2f", "FLAIR")
+                L.append(f"| {label} | {name} | " + " | ".join(fmt(mean(r, next(iter(r)), None, g)) for g in REGIONS)
+                         + " |")
+    return L + [""]
+
+
 def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
     """What was trained, where and how long, read from the run folders' bundles."""
     runs = w / "runs"
@@ -161,11 +192,11 @@ def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
           + (", fine-tuned from one teacher-sized network trained on all populations" if base else
              ", each trained from scratch on its population") + "); the joint baseline is the student's network "
           f"({student_ch[0]}→{student_ch[-1]}) trained on all populations without distillation; the student is the "
-          "same network distilled from the five teachers with every KD term (output, latent, Barlow Twins, region, "
-          "attention), starting from the joint baseline's weights, and *joint continued* is the joint baseline "
+          f"same network distilled from the five teachers with the KD terms {', '.join(t.get('kd') or [])}, "
+          "starting from the joint baseline's weights, and *joint continued* is the joint baseline "
           "trained for the same extra time without teachers (the fair comparison). The joint baselines and the "
           "student draw clinical degradations (thick slices, bias fields) on 30 % of their series"
-          + clinical_cohort(t) + ".", ""]
+          + clinical_cohort(t) + "." + soft_targets_line(runs), ""]
     L += [f"Test cohort: {rep['n_cases']} synthetic cases (seed 2000, never seen in training). Wall-clock seconds "
           f"of each step of the recipe: `{json.dumps(timings)}`.", ""]
     return L
@@ -180,7 +211,7 @@ def threshold_lines(rep: dict, summary: dict, before: dict | None) -> list[str]:
          "Each region's threshold was chosen on the run's own validation cases (never the test cohort; "
          "`mtss calibrate`, done by training itself since 2026-11-23): WT first, then TC given WT, then ET, "
          "kept when it raises the validation macro Dice by at least 0.005. The ensemble keeps 0.5.", "",
-         "| model | WT / TC / ET threshold | validation cases | test macro Dice WT / TC / ET at 0.5 | at these thresholds |",
+         "| run | WT / TC / ET threshold | validation cases | test macro Dice WT / TC / ET at 0.5 | at these thresholds |",
          "|---|---|---|---|---|"]
     for key, m in rep["models"].items():
         if m.get("role") == "ensemble" or not m.get("source"):
@@ -193,7 +224,7 @@ def threshold_lines(rep: dict, summary: dict, before: dict | None) -> list[str]:
         n = (meta.get("metrics", {}).get("calibration") or {}).get("n_cases", "–")
         old = " / ".join(fmt(mean(before, key, None, r)) for r in REGIONS) if before and key in before else "–"
         new = " / ".join(fmt(mean(summary, key, None, r)) for r in REGIONS)
-        L.append(f"| {key} | {' / '.join(f'{v:g}' for v in t)} | {n} | {old} | {new} |")
+        L.append(f"| {Path(m['source']).name} | {' / '.join(f'{v:g}' for v in t)} | {n} | {old} | {new} |")
     return L
 
 
@@ -225,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="report.json files of the same models evaluated at threshold 0.5 (before `mtss calibrate`)")
     ap.add_argument("--ceiling", type=Path, help="JSON written by `mtss ceiling TEST -o` (the resolution ceiling; "
                                                  "default: WORK/reports/ceiling.json, written by the recipe)")
-    ap.add_argument("--title", default="MTSS default student: evaluation report")
+    ap.add_argument("--shipped", default="student",
+                    help="the run (folder name under WORK/runs) whose bundle is installed as the default; its "
+                         "missing-modality reports are WORK/reports/SHIPPED-{t1c+t2f,t1c,t2f} (default: student)")
+    ap.add_argument("--title", default="MTSS default model: evaluation report")
     args = ap.parse_args(argv)
     w, b = args.work, args.bundle
     rep = json.loads((w / "reports" / "all" / "report.json").read_text())
@@ -251,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
             subsets[sub] = (r["summary"], next(iter(r["summary"])))  # (summary, its one model)
     timings = json.loads((w / "timings.json").read_text()) if (w / "timings.json").is_file() else {}
     L: list[str] = [f"# {args.title}", ""] + recipe_lines(w, rep, timings)
+    shipped = names.get(args.shipped)
+    if shipped is None:
+        ap.error(f"--shipped {args.shipped}: no evaluated run of that name (have: {', '.join(sorted(names))})")
+    if args.shipped != "student":
+        L += shipped_lines(w, args.shipped, shipped, student, summary)
     L += ["## Dice per population (four inputs)", "",
           "| population | region | student | joint baseline | joint continued | own teacher | teacher ensemble |",
           "|---|---|---|---|---|---|---|"]
@@ -296,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
         working = json.loads((b / "model.json").read_text())["preprocessing"]["spacing_mm"][0]
         L += ["", "### What the working spacing allows (`mtss ceiling`)", "",
-              f"The student works at {working:g} mm. Each test label map brought to a working grid and back, as "
+              f"The models work at {working:g} mm. Each test label map brought to a working grid and back, as "
               "training targets and segmentation bring it, without any network: no model at that spacing can "
               "score above these Dice figures. *nearest*: nearest-neighbour labels (the default targets); "
               "*soft*: the share of each voxel in each region (`--soft-targets`).", "",
@@ -357,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     meta_path = b / "model.json"
     meta = json.loads(meta_path.read_text())
     meta["metrics"]["summary"] = "synthetic test macro Dice " + ", ".join(
-        f"{r} {fmt(mean(summary, student, None, r), 2)}" for r in REGIONS)
+        f"{r} {fmt(mean(summary, shipped, None, r), 2)}" for r in REGIONS)
     fd, tmp = tempfile.mkstemp(dir=b)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(meta, indent=2) + "\n")
