@@ -344,7 +344,7 @@ def find_bundle(model: str | Path | None = None) -> Path:
         if _is_bundle(root / DEFAULT_NAME):
             return root / DEFAULT_NAME
     raise BundleError(
-        "No default model is installed yet: this MTSS build ships no trained default student. "
+        "No default model is installed yet: this MTSS build ships no trained default model. "
         "Give a bundle with --model PATH (e.g. one made by `mtss distill`), or put one in "
         f"{user_model_dir() / DEFAULT_NAME}."
     )
