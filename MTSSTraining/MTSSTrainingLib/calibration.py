@@ -31,7 +31,6 @@ the pipeline takes the set matching the inputs it is given.
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import math
 import sys
@@ -178,9 +177,11 @@ def calibrated_subsets(config: Any) -> list[tuple[str, ...]]:
     modalities when it trained with modality dropout (it is meant to take them), else none."""
     from MTSSSegmenterLib.constants import MODALITY_CODES
 
+    from .transforms import ALL_SUBSETS
+
     if not getattr(config, "modality_dropout", 0.0):
         return []
-    return [s for n in range(1, len(MODALITY_CODES)) for s in itertools.combinations(MODALITY_CODES, n)]
+    return [s for s in ALL_SUBSETS if len(s) < len(MODALITY_CODES)]
 
 
 def apply_calibration(meta: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
