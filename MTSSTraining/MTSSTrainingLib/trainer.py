@@ -237,6 +237,9 @@ class Trainer:
     def _run(self) -> TrainResult:
         d = self.dist
         self._load_config()
+        # Every process checks the folder before the main one writes run.json into it: a process that looked
+        # later would take that file for an earlier run's and stop (seen under torchrun on a loaded machine).
+        d.barrier()
         c = self.config
         if d.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
