@@ -2,7 +2,7 @@
 
 Each sample is drawn from one :class:`~MTSSTrainingLib.cache.CachedCase` with its own random seed (so a
 sample depends only on the run seed, the epoch and its index: resumed and multi-process runs draw the
-same samples), in four steps:
+same samples), in these steps:
 
 1. **Crop** (like MONAI's ``RandCropByPosNegLabel``): the centre is a tumour voxel with probability
    ``pos_fraction``, else a brain voxel outside the tumour; a region somewhat larger than the patch is
