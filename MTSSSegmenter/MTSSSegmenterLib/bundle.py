@@ -186,10 +186,16 @@ def model_card(meta: dict[str, Any], name: str) -> str:
         lines.append("Thresholds WT/TC/ET: " + "/".join(f"{t:g}" for t in thresholds) + chosen)
     own = (meta.get("inference") or {}).get("subset_thresholds") or {}
     if thresholds and own:
-        example = "t1c,t2f" if "t1c,t2f" in own else next(iter(own))
-        lines.append(f"Own thresholds for {len(own)} input subsets (e.g. {example}: "
-                     + "/".join(f"{t:g}" for t in region_thresholds(meta, example.split(","))) + ")")
+        summary = subset_thresholds_summary(own)
+        lines.append(summary[0].upper() + summary[1:])
     return "\n".join(lines)
+
+
+def subset_thresholds_summary(own: dict[str, Any]) -> str:
+    """``own thresholds for N input subsets (e.g. t1c,t2f: 0.5/0.65/0.5)`` for ``{subset key: thresholds}``."""
+    example = "t1c,t2f" if "t1c,t2f" in own else next(iter(own))
+    return (f"own thresholds for {len(own)} input subsets (e.g. {example}: "
+            + "/".join(f"{t:g}" for t in _three(own[example], f"thresholds of {example}")) + ")")
 
 
 def sha256_file(path: Path) -> str:

@@ -262,9 +262,9 @@ def describe(calibration: dict[str, Any]) -> str:
     text = f"thresholds on {calibration['n_cases']} validation cases: " + ", ".join(parts)
     own = calibration.get("subsets") or {}
     if own:
-        example = "t1c,t2f" if "t1c,t2f" in own else next(iter(own))
-        text += (f"; own thresholds for {len(own)} input subsets (e.g. {example}: "
-                 + "/".join(f"{t:g}" for t in own[example]["threshold"]) + ")")
+        from MTSSSegmenterLib.bundle import subset_thresholds_summary
+
+        text += "; " + subset_thresholds_summary({k: c["threshold"] for k, c in own.items()})
     return text
 
 

@@ -147,6 +147,11 @@ def soft_targets_line(runs: Path) -> str:
             f"others on nearest-neighbour labels): {', '.join(soft)}.")
 
 
+def subset_label(sub: str) -> str:
+    """A report folder's input subset as readers name it: ``t1c+t2f`` -> ``T1c+FLAIR``."""
+    return sub.replace("t1c", "T1c").replace("t2f", "FLAIR")
+
+
 def shipped_lines(w: Path, run: str, key: str, student: str | None, summary: dict) -> list[str]:
     """Which model is installed when it is not the distilled student, and its figures beside the student's."""
     L = ["## The shipped model", "",
@@ -161,8 +166,7 @@ def shipped_lines(w: Path, run: str, key: str, student: str | None, summary: dic
             f = w / "reports" / folder / "report.json"
             if f.is_file():
                 r = json.loads(f.read_text())["summary"]
-                label = sub.replace("t1c", "T1c").replace("t2f", "FLAIR")
-                L.append(f"| {label} | {name} | " + " | ".join(fmt(mean(r, next(iter(r)), None, g)) for g in REGIONS)
+                L.append(f"| {subset_label(sub)} | {name} | " + " | ".join(fmt(mean(r, next(iter(r)), None, g)) for g in REGIONS)
                          + " |")
     return L + [""]
 
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
           "| inputs | WT | TC | ET |", "|---|---|---|---|",
           "| all four | " + " | ".join(fmt(mean(summary, student, None, r)) for r in REGIONS) + " |"]
     for sub, s in subsets.items():
-        L.append(f"| {sub.replace('t1c', 'T1c').replace('t2f', 'FLAIR')} | " + " | ".join(
+        L.append(f"| {subset_label(sub)} | " + " | ".join(
             fmt(mean(*s, None, r)) for r in REGIONS) + " |")
     # targets
     L += ["", "## Targets of the default-model issue", "", "| target | measured | met |", "|---|---|---|"]

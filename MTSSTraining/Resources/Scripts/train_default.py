@@ -333,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = json.loads((source / "model.json").read_text())
         if args.ship != "student":  # the network trained without teachers (README: what was measured)
             meta["description"] = (f"MTSS default model: the student's network trained on all five populations "
-                                   f"without teachers ({args.ship}); it measured better than the distilled student")
+                                   f"without teachers ({args.ship}), shipped instead of the distilled student "
+                                   "(see report.md)")
         meta["name"] = "mtss-default"
         (target / "model.json").write_text(json.dumps(meta, indent=2))
         print(f"installed {source} as {target}")
