@@ -233,6 +233,7 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
 
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "sample"
+CLINICAL_SAMPLE_DIR = SAMPLE_DIR / "clinical"  # the same case as a scanner gives it (README.txt there)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -240,6 +241,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="mtss-demo", help="output folder (default ./mtss-demo)")
     p.add_argument("--model", help="bundle to use instead of the default")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--clinical", action="store_true",
+                   help="segment the sample as a scanner gives it (skull on, each series on its own oblique 5 mm "
+                        "grid, head motion) and compare with the result on the aligned sample")
     p.set_defaults(func=cmd_demo)
 
 
@@ -248,7 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .overlay import render_overlay
     from .pipeline import read_inputs, segment
 
-    files, _seg = find_case_files(SAMPLE_DIR)
+    files, _seg = find_case_files(CLINICAL_SAMPLE_DIR if args.clinical else SAMPLE_DIR)
     images = read_inputs(files)
     bar = ProgressBar()
     try:
@@ -256,10 +260,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     out = Path(args.output)
-    label_path = write_image(result.label, out / "sample-seg.nii.gz")
-    png = render_overlay(images.get("t2f", images[result.reference]), result.label, out / "sample-overlay.png",
-                         f"MTSS sample case - model {result.model_name}")
+    name = "clinical-sample" if args.clinical else "sample"
+    label_path = write_image(result.label, out / f"{name}-seg.nii.gz")
+    what = "as a scanner gives it (skull on, own 5 mm oblique grids)" if args.clinical else "case"
+    png = render_overlay(images.get("t2f", images[result.reference]), result.label, out / f"{name}-overlay.png",
+                         f"MTSS sample {what} - model {result.model_name}")
     _print_result(result, label_path, False)
+    if args.clinical:  # the same images, BraTS-preprocessed: the clinical issue's comparison
+        aligned = segment(read_inputs(find_case_files(SAMPLE_DIR)[0]), model=args.model, device=args.device)
+        wt, wt0 = result.volumes_ml["WT"], aligned.volumes_ml["WT"]
+        ratio = f"{wt / wt0:.3f}" if wt0 else "undefined (no tumour found on the aligned sample)"
+        print(f"Whole tumour: {wt:.1f} mL here, {wt0:.1f} mL on the aligned, skull-stripped sample (ratio {ratio})")
     print(f"Picture of the result: {png}")
     return 0
 

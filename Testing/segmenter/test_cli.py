@@ -78,3 +78,21 @@ def test_batch_skips_broken_cases_and_does_not_redo_finished(small_case, tiny_bu
     assert (out / f"{small_case.name}.nii.gz").stat().st_mtime_ns == first
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{small_case.name}.nii.gz")))
     assert seg.dtype == np.uint8
+
+
+def test_demo_segments_the_sample_and_its_clinical_version(tmp_path):
+    """The README's first command, and its clinical variant, with the shipped default model."""
+    p = run("demo", "-o", tmp_path, "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sample-seg.nii.gz")))
+    assert set(np.unique(label)) <= {0, 1, 2, 3} and np.count_nonzero(label) * 8e-3 > 10  # 2 mm voxels, mL
+    assert (tmp_path / "sample-overlay.png").stat().st_size > 10_000
+
+    p = run("demo", "--clinical", "-o", tmp_path, "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    for code in ("t1n", "t2w", "t2f"):
+        assert f"Registration: {code} rotation" in p.stdout
+    assert "Skull: detected" in p.stdout
+    ratio = float(p.stdout.split("(ratio ")[1].split(")")[0])
+    assert abs(ratio - 1) <= 0.15, p.stdout
+    assert (tmp_path / "clinical-sample-overlay.png").is_file()

@@ -5,8 +5,11 @@
 
 Writes ``MTSS-sample-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (BraTS 2023 suffixes) and ``README.txt`` into
 ``MTSSSegmenter/MTSSSegmenterLib/data/sample/``: one synthetic adult glioma (GLI) at 2 mm, about 1 MB.
-The README demo (``mtss demo``) and the Slicer self-test read it, so they need neither the generator
-nor any download. The same seed and spacing reproduce the files byte for byte.
+Then ``clinical/``: the same case as a scanner would give it (clinical acquisition draw: skull and scalp on,
+each series on its own oblique 5 mm grid, moved by a small head motion, a bias field), about 1 MB, with its
+label map on the t1c series' grid and the drawn motions in ``acquisition.json``.
+The README demo (``mtss demo [--clinical]``) and the Slicer self-tests read them, so they need neither the
+generator nor any download. The same seeds and spacing reproduce the files.
 """
 
 from __future__ import annotations
@@ -46,6 +49,54 @@ def write_gz(img, path: Path) -> None:
     os.replace(tmp, path)
 
 
+CLINICAL_README = """MTSS clinical sample - SYNTHETIC, not patient data.
+
+The MTSS sample case (the folder above) as a scanner would give it, drawn by
+MTSSTrainingLib.clinical_acquisition (seed {seed}): skull and scalp painted on, a bias field, scanner-like
+int16 intensities, and each series on its own oblique grid with {slice:g} mm slices, moved by a small rigid
+head motion. Files: MTSS-clinical-{{t1n,t1c,t2w,t2f}}.nii.gz and MTSS-clinical-seg.nii.gz (the labels on the
+t1c series' grid). acquisition.json: each series' grid and motion (aligned case -> series, Euler angles in
+radians and translation in mm about a centre), for checking a registration.
+
+{series}
+Regenerate with: python MTSSTraining/Resources/Scripts/make_sample_case.py (after the aligned sample).
+"""
+
+
+def write_clinical(sample: Path, seed: int, slice_mm: float) -> int:
+    """Draw the clinical version of the aligned sample in ``sample`` into ``sample/clinical``; its size in bytes."""
+    import json
+
+    import SimpleITK as sitk
+
+    from MTSSSegmenterLib.io import find_case_files, read_image
+    from MTSSTrainingLib.clinical_acquisition import clinical_acquisition, synthetic_head
+
+    found, seg_path = find_case_files(sample)
+    images = {code: read_image(path, code) for code, path in found.items()}
+    seg = sitk.ReadImage(str(seg_path), sitk.sitkUInt8)
+    rng = np.random.default_rng(seed)
+    skull = synthetic_head(sitk.Cast(images["t1c"] > 0, sitk.sitkUInt8), rng)
+    series, seg_t1c, params = clinical_acquisition(images, seg, rng, skull=skull,
+                                                   spacing_range=(slice_mm, slice_mm))
+    out = sample / "clinical"
+    out.mkdir(exist_ok=True)
+    total, lines = 0, []
+    for code, image in [*series.items(), ("seg", seg_t1c)]:
+        path = out / f"MTSS-clinical-{code}.nii.gz"
+        tmp = path.with_name(f".tmp-{path.name}")
+        sitk.WriteImage(image, str(tmp), useCompression=True, compressionLevel=9)
+        os.replace(tmp, path)
+        total += path.stat().st_size
+        if code != "seg":
+            lines.append(f"{code}: {'x'.join(map(str, image.GetSize()))} voxels of "
+                         f"{' x '.join(f'{v:.2f}' for v in image.GetSpacing())} mm")
+    (out / "acquisition.json").write_text(json.dumps({"seed": seed, **params}, indent=2) + "\n", encoding="utf-8")
+    (out / "README.txt").write_text(CLINICAL_README.format(seed=seed, slice=slice_mm, series="\n".join(lines) + "\n"),
+                                    encoding="utf-8")
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -53,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=6, help="case seed (6: a left posterior glioblastoma)")
     parser.add_argument("--spacing", type=float, default=2.0)
     parser.add_argument("--median", type=float, default=300.0, help="brain median intensity of each image")
+    parser.add_argument("--clinical-seed", type=int, default=2023, help="seed of the clinical acquisition draw")
+    parser.add_argument("--clinical-slice", type=float, default=5.0, help="slice thickness of the clinical series (mm)")
     args = parser.parse_args(argv)
 
     from MTSSTrainingLib.synth import generate_case
@@ -74,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         spacing=args.spacing, shape="x".join(str(n) for n in case.seg.shape), kind=meta["lesions"][0]["kind"],
         population=meta["population"], seed=args.seed, median=args.median, volumes=meta["label_volumes_mm3"]), encoding="utf-8")
     print(f"wrote {args.out} ({total / 1e6:.2f} MB): {meta['lesions'][0]['kind']}, {meta['label_volumes_mm3']}")
+    size = write_clinical(args.out, args.clinical_seed, args.clinical_slice)
+    print(f"wrote {args.out / 'clinical'} ({size / 1e6:.2f} MB)")
     return 0
 
 
