@@ -171,6 +171,19 @@ def shipped_lines(w: Path, run: str, key: str, student: str | None, summary: dic
     return L + [""]
 
 
+def steps_chain(run: Path) -> list[tuple[str, int]]:
+    """``[(run name, steps)]`` from the first run to ``run``, following each bundle's ``init`` (fine-tuning)."""
+    chain: list[tuple[str, int]] = []
+    seen: set[Path] = set()
+    current: Path | None = run
+    while current is not None and (current / "model.json").is_file() and current.resolve() not in seen:
+        seen.add(current.resolve())
+        tr = json.loads((current / "model.json").read_text())["training"]
+        chain.insert(0, (current.name, tr.get("steps_trained") or tr["epochs"] * tr["steps_per_epoch"]))
+        current = Path(tr["init"]) if tr.get("init") else None
+    return chain
+
+
 def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
     """What was trained, where and how long, read from the run folders' bundles."""
     runs = w / "runs"
@@ -180,10 +193,13 @@ def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
     student_ch, teacher_ch = meta["network"]["channels"], teacher["network"]["channels"]
     steps = {}
     for run in ("teacher-GLI", "joint", "student", "joint-continued"):
-        f = runs / run / "model.json"
-        if f.is_file():
-            tr = json.loads(f.read_text())["training"]
-            steps[run] = tr.get("steps_trained") or tr["epochs"] * tr["steps_per_epoch"]
+        chain = steps_chain(runs / run)
+        if chain:  # a run fine-tuned from others counts their steps too: "1000 + 150 + 300"
+            steps[run] = " + ".join(str(n) for _, n in chain) if len(chain) > 1 else str(chain[0][1])
+    start = Path(t["init"]).name if t.get("init") else None
+    start_text = ("the joint baseline's weights" if start == "joint" else
+                  f"the weights of *{start}* ({' → '.join(name for name, _ in steps_chain(Path(t['init'])))})"
+                  if start else "scratch")
     gpu = str(t.get("device", "")).startswith("cuda")
     base = (runs / "teacher-base").is_dir()
     L = ["**Trained on synthetic data only** (`mtss synth`, MNI152 anatomy with simulated tumours), on "
@@ -197,7 +213,7 @@ def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
              ", each trained from scratch on its population") + "); the joint baseline is the student's network "
           f"({student_ch[0]}→{student_ch[-1]}) trained on all populations without distillation; the student is the "
           f"same network distilled from the five teachers with the KD terms {', '.join(t.get('kd') or [])}, "
-          "starting from the joint baseline's weights, and *joint continued* is the joint baseline "
+          f"starting from {start_text}, and *joint continued* is the same starting point "
           "trained for the same extra time without teachers (the fair comparison). The joint baselines and the "
           "student draw clinical degradations (thick slices, bias fields) on 30 % of their series"
           + clinical_cohort(t) + "." + soft_targets_line(runs), ""]
