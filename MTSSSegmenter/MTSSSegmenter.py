@@ -45,10 +45,10 @@ class MTSSSegmenter(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segments brain tumours in MRI: necrosis (NCR/NETC), edema (ED/SNFH) and enhancing tumour (ET), "
             "from any of T1, T1 post-contrast, T2 and FLAIR. Pick the volumes, click Segment, keep working "
-            "while it runs, then edit the segments in the Segment Editor. The default model is a small network "
-            "trained on synthetic cases of five BraTS 2023 populations (glioma, paediatric, sub-Saharan African "
-            "glioma, meningioma, metastases); the MTSS Training module distils such students from population "
-            "teachers. For research use; not a medical device.")
+            "while it runs, then edit the segments in the Segment Editor. The default model is a small student "
+            "network distilled from population teachers, trained only on synthetic cases of five BraTS 2023 "
+            "populations (glioma, paediatric, sub-Saharan African glioma, meningioma, metastases); the MTSS "
+            "Training module trains such teachers and students. For research use; not a medical device.")
         self.parent.acknowledgementText = _(
             "Built on 3D Slicer, PyTorch, MONAI and SimpleITK. Labels and regions follow the BraTS 2023 "
             "challenge conventions (Baid et al. 2021; Kazerooni et al. 2023; LaBella et al. 2023; "

@@ -127,3 +127,23 @@ def test_real_case_coverage_against_the_flair_lesion(monkeypatch):
     covered, far = module.coverage(seg, ref, np.array([2.0, 1.0, 1.0]))
     assert abs(covered - 50) < 3
     assert far == 300 * 2.0 / 1000
+
+
+def test_cpu_profile_distils_from_specialists_of_the_generalist(tmp_path):
+    """The shipped model's recipe: joint -> generalist-1 -> generalist-2; each teacher is generalist-2 (the
+    student's network) fine-tuned on its population; the student and its control both start from generalist-2."""
+    p = run(SCRIPTS / "train_default.py", "--work", tmp_path, "--profile", "cpu", "--dry-run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = {line.split(" -o ")[1].split()[0]: line for line in p.stdout.splitlines() if " -o " in line}
+
+    def init(run_dir: str) -> str:
+        args = lines[str(tmp_path / run_dir)].split()
+        return args[args.index("--init") + 1] if "--init" in args else ""
+
+    runs = tmp_path / "runs"
+    assert init("runs/generalist-1") == str(runs / "joint") and init("runs/generalist-2") == str(runs / "generalist-1")
+    for pop in POPULATIONS:
+        assert init(f"runs/teacher-{pop}") == str(runs / "generalist-2")
+        assert "student_default.json" in lines[str(runs / f"teacher-{pop}")]
+    assert init("runs/student") == init("runs/joint-continued") == str(runs / "generalist-2")
+    assert not (runs / "student").exists()  # nothing ran

@@ -201,7 +201,9 @@ def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
                   f"the weights of *{start}* ({' → '.join(name for name, _ in steps_chain(Path(t['init'])))})"
                   if start else "scratch")
     gpu = str(t.get("device", "")).startswith("cuda")
-    base = (runs / "teacher-base").is_dir()
+    teacher_chain = [name for name, _ in steps_chain(runs / "teacher-GLI")][:-1]  # the runs it was fine-tuned from
+    teacher_start = (", each fine-tuned on its population from *" + "* → *".join(teacher_chain) + "*"
+                     if teacher_chain else ", each trained from scratch on its population")
     L = ["**Trained on synthetic data only** (`mtss synth`, MNI152 anatomy with simulated tumours), on "
          f"{'an NVIDIA GPU' if gpu else 'a 2-core CPU'}, at {meta['preprocessing']['spacing_mm'][0]:g} mm working "
          f"spacing, with patches of {t['patch'][0]}³ in batches of {t['batch']}"
@@ -209,8 +211,7 @@ def recipe_lines(w: Path, rep: dict, timings: dict) -> list[str]:
          + ", ".join(f"{k} {v}" for k, v in steps.items()) + ". It is not a clinically validated model, and "
          "every Dice below is measured on held-out *synthetic* cases.", ""]
     L += [f"Recipe (`train_default.py`): five population teachers (ResUNet {teacher_ch[0]}→{teacher_ch[-1]} channels"
-          + (", fine-tuned from one teacher-sized network trained on all populations" if base else
-             ", each trained from scratch on its population") + "); the joint baseline is the student's network "
+          + teacher_start + "); the joint baseline is the student's network "
           f"({student_ch[0]}→{student_ch[-1]}) trained on all populations without distillation; the student is the "
           f"same network distilled from the five teachers with the KD terms {', '.join(t.get('kd') or [])}, "
           f"starting from {start_text}, and *joint continued* is the same starting point "

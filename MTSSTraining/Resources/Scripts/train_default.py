@@ -6,17 +6,21 @@ Anyone can rerun it. Three profiles:
 
 * ``--profile gpu``: about 21 minutes of one H100 (2 mm working spacing, teachers 16→256 channels beside the
   7→112 student, every run time-limited, independent runs sharing the GPU).
-* ``--profile cpu``: what fits a 2-core CPU in about an hour with ``--parallel 2`` (3 mm working spacing, small
-  networks, about a thousand steps per network). The bundle shipped today was made with it (its teachers and
-  joint baseline by the version before soft targets, see the README).
+* ``--profile cpu``: what fits a 2-core CPU in about 1.5 hours with ``--parallel 2`` (3 mm working spacing, the
+  student's network throughout). The joint baseline is trained on in two stages (the generalist); the five
+  teachers are the generalist fine-tuned on their own population (specialists), and the student is distilled
+  from them starting from the generalist. The bundle shipped today is this profile's student; it was made step
+  by step with these commands over two sessions (the joint baseline on nearest-neighbour labels, before soft
+  targets; see the README).
 
 Both real profiles train on soft targets (``--soft-targets``: the share of each working voxel in each region)
 and distil the student with the output, Barlow Twins, region and attention terms (not the latent one).
 * ``--profile tiny``: every step for a few seconds, for the test suite.
 
-The student starts from the joint baseline's weights (distilling it from scratch with all five KD terms
-collapsed to constant outputs on the CPU budget); ``joint-continued`` trains the joint baseline for the
-same extra steps without teachers, the fair comparison. Both, and the joint baseline they start from, also
+The student starts from the joint baseline's weights, or the generalist's where the profile trains one
+(distilling it from scratch with all five KD terms collapsed to constant outputs on the CPU budget);
+``joint-continued`` trains that same starting point for the same extra steps without teachers, the fair
+comparison. Both, and the joint baseline they start from, also
 train on a small cohort of clinical studies (``mtss synth --clinical``: own grid per series, head motion,
 skull on half of them), prepared through registration and brain extraction as ``mtss segment`` prepares them.
 Every run ends by choosing its per-region decision thresholds on its own validation cases
@@ -52,14 +56,19 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parents[1] / "MTSSTrainingLib" / "configs"
 
 # Steps in order; ``--only`` runs a subset (two processes can share the work: see the README).
-STEPS = ("synth", "teacher-base", "teachers", "joint", "student", "joint-continued", "ablation", "evaluate", "install")
+STEPS = ("synth", "teacher-base", "joint", "generalist", "teachers", "student", "joint-continued", "ablation",
+         "evaluate", "install")
 
 PROFILES = {
-    # A 2-core CPU in about 1.5 hours when two processes of one thread each share the steps
-    # (``--only teacher-base,teachers,student`` beside ``--only joint,ablation --wait``).
+    # A 2-core CPU in about 1.5 hours with --parallel 2 (two processes of one thread each). Specialist teachers:
+    # the joint baseline trained on for two more stages (the generalist), then fine-tuned on each population;
+    # the student and its control start from the generalist. Teachers of their own (a teacher-sized network,
+    # 1,000 steps, fine-tuned 150-450 steps per population) stayed weaker than the generalist on every
+    # population on this budget, and distilling from them lowered the student (README, 2026-11-23).
     "cpu": {"cases": 24, "test_cases": 6, "synth_spacing": 2.0, "spacing": 3.0, "patch": 48, "batch": 2, "lr": 2e-3,
-            "teacher": "teacher_cpu", "student": "student_default", "teacher_base_steps": (8, 125),
-            "teacher_steps": (1, 150), "joint_steps": (8, 110), "student_steps": (4, 110), "student_init": "joint",
+            "teacher": "teacher_cpu", "student": "student_default", "teacher_base_steps": None,
+            "joint_steps": (8, 110), "generalist_stages": ((4, 110), (4, 110)), "specialists": True,
+            "teacher_steps": (1, 150), "teacher_seed": 4, "student_steps": (4, 110), "student_init": "joint",
             "ablation_steps": (1, 150), "ablation_init": "joint", "clinical_augment": 0.3, "amp": False,
             "clinical_cases": 6, "soft_targets": True, "student_kd": STUDENT_KD},
     # One H100 for about 21 minutes (most of the device budget of a development session): every training run is
@@ -193,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="which run --install ships: the distilled student, or the same network trained as long "
                          "without teachers (what was shipped on 2026-11-23, when it measured better)")
     ap.add_argument("--ablation", action="store_true", help="also distil once without each KD term")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands of the steps, run nothing")
     ap.add_argument("--only", default=",".join(STEPS), help=f"comma list of steps to run, among {', '.join(STEPS)}")
     ap.add_argument("--wait", action="store_true", help="wait for runs another process is training instead of failing")
     ap.add_argument("--parallel", type=int, default=None,
@@ -250,25 +260,39 @@ def main(argv: list[str] | None = None) -> int:
             "train-joint", train, "-o", base, "--network", CONFIGS / f"{p['teacher']}.json", "--seed", 2, "--name",
             "teacher-base", *opts(p["teacher_base_steps"], minutes=minutes.get("teacher_base"))],
             base, data))
-    teachers = {pop: runs / f"teacher-{pop}" for pop in POPULATIONS}
-    for pop, run in teachers.items():
-        jobs.append(Job(f"teacher_{pop}", "teachers", [
-            "train-teacher", train, "--population", pop, "-o", run, "--network", CONFIGS / f"{p['teacher']}.json",
-            "--seed", 1, *init, *opts(p["teacher_steps"], minutes=minutes.get("teacher"))], run,
-            data + ([base] if init else [])))
     joint = runs / "joint"
     # the joint baseline and its continuation: the student's network on every population, no teachers
     joint_args = ["train-joint", *mixed, "--network", CONFIGS / f"{p['student']}.json", "--seed", 1,
                   "--modality-dropout", 0.5, "--clinical-augment", p["clinical_augment"]]
     jobs.append(Job("joint", "joint", [*joint_args, "-o", joint, *opts(p["joint_steps"], minutes=minutes.get("joint"))],
                     joint, mixed_data))
+    # The generalist: the joint baseline trained on in stages (each a run of its own, fine-tuned from the one
+    # before). With ``specialists`` the teachers are the generalist fine-tuned on their own population, and the
+    # student and its control both start from the generalist.
+    start = joint
+    for k, steps in enumerate(p.get("generalist_stages") or (), 1):
+        stage = runs / f"generalist-{k}"
+        jobs.append(Job(f"generalist_{k}", "generalist", [
+            *joint_args, "-o", stage, "--name", stage.name, "--init", start,
+            *opts(steps, minutes=minutes.get("joint"))], stage, [start]))
+        start = stage
+    teachers = {pop: runs / f"teacher-{pop}" for pop in POPULATIONS}
+    for pop, run in teachers.items():
+        if p.get("specialists"):  # the generalist's network, fine-tuned on the population's cases
+            network, init, needs = p["student"], ["--init", start], [*data, start]
+        else:
+            network, needs = p["teacher"], data + ([base] if init else [])
+        jobs.append(Job(f"teacher_{pop}", "teachers", [
+            "train-teacher", train, "--population", pop, "-o", run, "--network", CONFIGS / f"{network}.json",
+            "--seed", p.get("teacher_seed", 1), *init, *opts(p["teacher_steps"], minutes=minutes.get("teacher"))],
+            run, needs))
     teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
     student = runs / "student"
     # Distilling the student from scratch with all five KD terms collapsed on the CPU budget (constant outputs,
     # validation Dice 0 from the third epoch), so it starts from the joint baseline's weights; the fair
     # comparison is then the joint baseline trained for the same extra steps without distillation
     # ("joint-continued").
-    student_init = ["--init", joint] if p["student_init"] == "joint" else []
+    student_init = ["--init", start] if p["student_init"] == "joint" else []
     continued = runs / "joint-continued"
 
     def distil(name: str, run: Path, kd: tuple[str, ...], steps: tuple[int, int], init: list[object],
@@ -278,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             "--kd", ",".join(kd), "--seed", 1, "--name", "mtss-default" if run == student else run.name,
             "--clinical-augment", p["clinical_augment"], *init,
             *opts(steps, minutes=limit, lr=p.get("distil_lr"))],
-            run, list(teachers.values()) + ([joint] if init else []) + (after or []) + mixed_data)
+            run, list(teachers.values()) + ([start] if init else []) + (after or []) + mixed_data)
 
     jobs.append(distil("student", student, p.get("student_kd", KD_TERMS), p["student_steps"], student_init,
                        minutes.get("student")))
@@ -286,13 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     if p["student_init"] == "joint":
         controls = [continued]
         jobs.append(Job("joint_continued", "joint-continued", [
-            *joint_args, "-o", continued, "--name", "joint-continued", "--init", joint,
-            *opts(p["student_steps"], minutes=minutes.get("student"))], continued, [joint]))
+            *joint_args, "-o", continued, "--name", "joint-continued", "--init", start,
+            *opts(p["student_steps"], minutes=minutes.get("student"))], continued, [start]))
     # The ablation: one run with every KD term and one without each, all with the same budget (and, where the
     # profile says so, all fine-tuned from the joint baseline, so that they differ only in the KD terms).
     ablations = []
     if args.ablation:
-        ablation_init = ["--init", joint] if p["ablation_init"] == "joint" else []
+        ablation_init = ["--init", start] if p["ablation_init"] == "joint" else []
         variants = {"student-ablation-all": KD_TERMS}
         variants.update({f"student-without-{t}": tuple(k for k in KD_TERMS if k != t) for t in KD_TERMS})
         variants["student-without-kd"] = ()  # ground truth only: the same fine-tuning without any teacher
@@ -301,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append(distil(f"ablation_{name}", runs / name, kd, p["ablation_steps"], ablation_init,
                                minutes.get("ablation"), [student] if p.get("ablation_after_student") else None))
     reports = w / "reports"
-    models = list(dict.fromkeys([student, joint, *controls] + [teachers[pop] for pop in POPULATIONS]))
+    models = list(dict.fromkeys([student, joint, start, *controls] + [teachers[pop] for pop in POPULATIONS]))
     evaluated = [test / "cohort.json"]
     jobs.append(Job("evaluate", "evaluate", [
         "evaluate", test, *[a for m in models for a in ("--model", m)], "--ensemble", *teacher_args,
@@ -318,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     # what the working spacing allows any network on this test cohort (no network; seconds)
     jobs.append(Job("ceiling", "evaluate", ["ceiling", test, "--spacing", p["spacing"], "-o", reports / "ceiling.json"],
                     reports / "ceiling.json", evaluated))
+    if args.dry_run:
+        for j in jobs:
+            if j.step in only:
+                print(f"[{j.step}] $ mtss " + " ".join(str(a) for a in j.args))
+        return 0
     run_jobs([j for j in jobs if j.step in only], parallel, args.wait, w, timings, save_timings)
     timings["total_" + "-".join(only)] = round(time.time() - t0, 1)
     save_timings()
