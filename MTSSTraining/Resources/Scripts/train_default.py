@@ -10,7 +10,7 @@ Anyone can rerun it. Three profiles:
   student's network throughout). The joint baseline is trained on in two stages (the generalist); the five
   teachers are the generalist fine-tuned on their own population (specialists), and the student is distilled
   from them starting from the generalist. The bundle shipped today is this profile's student; it was made step
-  by step with these commands over two sessions (the joint baseline on nearest-neighbour labels, before soft
+  by step with these commands over three sessions (the joint baseline on nearest-neighbour labels, before soft
   targets; see the README).
 
 Both real profiles train on soft targets (``--soft-targets``: the share of each working voxel in each region)
