@@ -289,9 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     teacher_args = [f"{pop}={teachers[pop]}" for pop in POPULATIONS]
     student = runs / "student"
     # Distilling the student from scratch with all five KD terms collapsed on the CPU budget (constant outputs,
-    # validation Dice 0 from the third epoch), so it starts from the joint baseline's weights; the fair
-    # comparison is then the joint baseline trained for the same extra steps without distillation
-    # ("joint-continued").
+    # validation Dice 0 from the third epoch), so it starts from the joint baseline's weights (the generalist's,
+    # where the profile trains one); the fair comparison is then that starting point trained for the same extra
+    # steps without distillation ("joint-continued").
     student_init = ["--init", start] if p["student_init"] == "joint" else []
     continued = runs / "joint-continued"
 
