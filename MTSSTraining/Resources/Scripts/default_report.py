@@ -392,9 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         L.append(f"Student GFLOP per 128³ patch / SegResNet-16's: {bench['gflop_ratio_vs_segresnet16']:.3f} (target ≤ 0.20).")
     ablation = {k: v for k, v in names.items() if k.startswith("student-without-") or k == "student-ablation-all"}
     if ablation:
+        first = Path(rep["models"][next(iter(ablation.values()))]["source"])
+        chain = steps_chain(first)
+        start = f"the weights of *{chain[-2][0]}*" if len(chain) > 1 else "scratch"
         L += ["", "## Ablation: one KD term removed at a time (macro Dice, four inputs)", "",
-              "Every variant starts from the joint baseline's weights and is distilled with the same budget "
-              "(shorter than the student's run), so the variants differ only in their KD terms.", "",
+              f"Every variant starts from {start} and is distilled for {chain[-1][1] if chain else '?'} steps "
+              "(fewer than the student's run), so the variants differ only in their KD terms.", "",
               "| variant | WT | TC | ET | mean | change of the mean vs all terms |", "|---|---|---|---|---|---|"]
         ref = ablation.get("student-ablation-all")
         ref_mean = np.mean([mean(summary, ref, None, r) or 0 for r in REGIONS]) if ref else None
