@@ -27,7 +27,7 @@ CODES = ("t1n", "t1c", "t2w", "t2f")
 LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def whole_tumour(logic, node, reference) -> np.ndarray:
+def whole_tumour(node, reference) -> np.ndarray:
     segmentation = node.GetSegmentation()
     ids = [segmentation.GetNthSegmentID(i) for i in range(3)]  # Necrosis, Edema, Enhancing tumour
     return segment_array(segmentationsLogicClass(), node, ids, reference) > 0
@@ -72,7 +72,7 @@ def test_clinical_sample_is_segmented_by_one_call(mrml, warm_logic):
 
     # the segmentation on the t1c grid, against the aligned sample's and the drawn labels
     assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is nodes["t1c"]
-    wt = whole_tumour(warm_logic, node, nodes["t1c"])
+    wt = whole_tumour(node, nodes["t1c"])
     assert wt.shape == nodes["t1c"].GetImageData().GetDimensions()[::-1]
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(CLINICAL_SAMPLE_DIR / "MTSS-clinical-seg.nii.gz"))) > 0
     dice = 2.0 * (wt & truth).sum() / (wt.sum() + truth.sum())
@@ -81,6 +81,6 @@ def test_clinical_sample_is_segmented_by_one_call(mrml, warm_logic):
     aligned = {code: mrml.load_volume(SAMPLE_DIR / f"MTSS-sample-{code}.nii.gz", f"sample-{code}") for code in CODES}
     node0 = warm_logic.process(aligned, modelPath=model, device="cpu")
     ml = wt.sum() * voxel_ml(nodes["t1c"])
-    ml0 = whole_tumour(warm_logic, node0, aligned["t1c"]).sum() * voxel_ml(aligned["t1c"])
+    ml0 = whole_tumour(node0, aligned["t1c"]).sum() * voxel_ml(aligned["t1c"])
     assert ml0 > 10.0
     assert abs(ml / ml0 - 1.0) <= 0.15, f"whole tumour {ml:.1f} mL against {ml0:.1f} mL on the aligned sample"
