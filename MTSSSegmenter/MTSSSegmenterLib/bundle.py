@@ -166,6 +166,20 @@ def region_thresholds(meta: dict[str, Any], present: Iterable[str] | None = None
     return chosen.get(subset_key(present), default) if present is not None else default
 
 
+MIRROR_AXES: dict[str, int] = {"SI": 0, "AP": 1, "LR": 2}  # axes of the canonical LPS (z, y, x) arrays
+
+
+def mirror_axes(meta: dict[str, Any]) -> tuple[int, ...]:
+    """``inference.mirror`` (test-time mirroring, e.g. ``["LR"]``) as spatial axes of the network's arrays.
+
+    Each named axis doubles the network passes; the logits of all flip combinations are averaged."""
+    names = (meta.get("inference") or {}).get("mirror") or []
+    if not isinstance(names, list) or any(n not in MIRROR_AXES for n in names) or len(set(names)) != len(names):
+        raise BundleError(f"inference.mirror must be a list of distinct axes among {', '.join(MIRROR_AXES)} "
+                          f"(left-right, anterior-posterior, superior-inferior), got {names!r}.")
+    return tuple(sorted(MIRROR_AXES[n] for n in names))
+
+
 def model_card(meta: dict[str, Any], name: str) -> str:
     """Populations, inputs, training data, licence and metrics of a bundle, for tooltips."""
     subsets = meta.get("modality_subsets", "any-nonempty")
@@ -188,6 +202,9 @@ def model_card(meta: dict[str, Any], name: str) -> str:
     if thresholds and own:
         summary = subset_thresholds_summary(own)
         lines.append(summary[0].upper() + summary[1:])
+    mirror = (meta.get("inference") or {}).get("mirror")
+    if mirror:
+        lines.append(f"Test-time mirroring: {', '.join(map(str, mirror))} ({2 ** len(mirror)} network passes)")
     return "\n".join(lines)
 
 
@@ -268,6 +285,7 @@ def _validate_meta(meta: dict[str, Any], where: Path) -> None:
         raise fail(f"invalid network config: {exc}") from exc
     try:
         region_thresholds(meta)
+        mirror_axes(meta)
     except BundleError as exc:
         raise fail(f"'{META}': {exc}") from exc
 

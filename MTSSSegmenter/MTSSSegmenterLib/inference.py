@@ -103,20 +103,39 @@ def sliding_window(x: torch.Tensor, roi: Sequence[int], network: Callable[[torch
     return out / norm
 
 
+def mirror_flips(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every combination of flips over the given spatial axes, the identity first (2**len(axes) passes)."""
+    flips: list[tuple[int, ...]] = [()]
+    for a in sorted(set(int(a) for a in axes)):
+        if a not in (0, 1, 2):
+            raise InputError(f"Mirror axis {a} is not a spatial axis (0, 1 or 2 of z, y, x).")
+        flips += [f + (a,) for f in flips]
+    return flips
+
+
 def _run(network: nn.Module, x: torch.Tensor, roi: Sequence[int], overlap: float, batch: int,
-         device: torch.device, amp: bool, divisor: int, progress: Progress | None) -> torch.Tensor:
+         device: torch.device, amp: bool, divisor: int, progress: Progress | None,
+         mirror: Sequence[int] = ()) -> torch.Tensor:
     x = x.to(device)
     xp, crop = pad_to_multiple(x, divisor)
     roi = [min(int(r), s) for r, s in zip(roi, xp.shape[2:])]
     roi = [max(divisor, (r // divisor) * divisor) for r in roi]
     ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else torch.autocast(
         device_type=device.type, enabled=False)
+    flips = mirror_flips(mirror)
+    out = None
     with torch.inference_mode(), ctx:
-        if all(r >= s for r, s in zip(roi, xp.shape[2:])):
-            out = network(xp)
-        else:
-            out = sliding_window(xp, roi, network, overlap=overlap, batch=batch)
-    out = out[crop].float()
+        for flip in flips:
+            dims = [2 + a for a in flip]
+            xf = torch.flip(xp, dims) if dims else xp
+            if all(r >= s for r, s in zip(roi, xp.shape[2:])):
+                o = network(xf).float()
+            else:
+                o = sliding_window(xf, roi, network, overlap=overlap, batch=batch).float()
+            o = torch.flip(o, dims) if dims else o
+            out = o if out is None else out + o
+    assert out is not None
+    out = (out / len(flips))[crop]
     if progress:
         progress("segmenting", 1.0)
     return out
@@ -124,8 +143,12 @@ def _run(network: nn.Module, x: torch.Tensor, roi: Sequence[int], overlap: float
 
 def predict(network: nn.Module, x: torch.Tensor, roi_size: Sequence[int], overlap: float = 0.25,
             device: torch.device | str = "cpu", amp: bool | None = None, divisor: int = 16,
-            progress: Progress | None = None) -> tuple[torch.Tensor, torch.device, list[str]]:
+            progress: Progress | None = None,
+            mirror: Sequence[int] = ()) -> tuple[torch.Tensor, torch.device, list[str]]:
     """Sigmoid region probabilities (B, 3, *S) for input (B, C, *S).
+
+    ``mirror`` lists spatial axes (0, 1, 2 of z, y, x) for test-time mirroring: the logits of every
+    combination of flips over them are averaged (each axis doubles the network time).
 
     A CUDA out-of-memory error retries with one window at a time, then on the CPU, with a warning.
     Returns the probabilities (on the CPU), the device that finally ran, and warnings.
@@ -139,7 +162,7 @@ def predict(network: nn.Module, x: torch.Tensor, roi_size: Sequence[int], overla
     for b in batches:
         try:
             network.to(device)
-            logits = _run(network, x, roi_size, overlap, b, device, use_amp, divisor, progress)
+            logits = _run(network, x, roi_size, overlap, b, device, use_amp, divisor, progress, mirror)
             return torch.sigmoid(logits).cpu(), device, warnings
         except torch.OutOfMemoryError:
             if device.type != "cuda":
@@ -151,5 +174,5 @@ def predict(network: nn.Module, x: torch.Tensor, roi_size: Sequence[int], overla
     log.warning(warnings[-1])
     network.to("cpu")
     torch.cuda.empty_cache()
-    logits = _run(network, x, roi_size, overlap, 1, torch.device("cpu"), False, divisor, progress)
+    logits = _run(network, x, roi_size, overlap, 1, torch.device("cpu"), False, divisor, progress, mirror)
     return torch.sigmoid(logits), torch.device("cpu"), warnings

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .bundle import Bundle, find_bundle, load_bundle
+from .bundle import Bundle, find_bundle, load_bundle, mirror_axes
 from .clinical import brain_on_grid, isotropic_grid, prepare_study, restore_on_grid
 from .constants import LABELS, MODALITY_CODES, REGIONS, modality, reference_modality
 from .errors import Cancelled, InputError
@@ -94,8 +94,10 @@ def run_network(bundle: Bundle, case: PreparedCase, device: torch.device,
     """Region probabilities (3, z, y, x) for a prepared case."""
     inf = bundle.meta["inference"]
     x = torch.from_numpy(case.image)[None]
-    probs, ran_on, warnings = predict(bundle.network, x, inf.get("roi_size", [128] * 3), float(inf.get("overlap", 0.25)),
-                                      device, amp=None, divisor=bundle.network_config.divisor, progress=progress)
+    probs, ran_on, warnings = predict(bundle.network, x, inf.get("roi_size", [128] * 3),
+                                      float(inf.get("overlap", 0.25)), device, amp=None,
+                                      divisor=bundle.network_config.divisor, progress=progress,
+                                      mirror=mirror_axes(bundle.meta))
     return probs[0], ran_on, warnings
 
 

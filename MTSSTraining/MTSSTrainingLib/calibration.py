@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from MTSSSegmenterLib.constants import POPULATION_CODES, REGION_CODES
-from MTSSSegmenterLib.errors import InputError
+from MTSSSegmenterLib.errors import BundleError, InputError
 from MTSSSegmenterLib.inference import predict
 from MTSSSegmenterLib.metrics import dice
 from MTSSSegmenterLib.preprocess import labels_to_regions
@@ -128,8 +128,11 @@ def choose_thresholds(cases: Sequence[CaseVoxels], candidates: Sequence[float] =
 def calibrate_network(network: torch.nn.Module, cache: Any, names: Sequence[str], roi_size: Sequence[int],
                       device: torch.device, amp: bool, divisor: int, overlap: float = 0.25,
                       progress: Callable[[int, int], None] | None = None,
-                      subsets: Sequence[Sequence[str]] = (), **kwargs: Any) -> dict[str, Any]:
+                      subsets: Sequence[Sequence[str]] = (), mirror: Sequence[int] = (),
+                      **kwargs: Any) -> dict[str, Any]:
     """Segment the cached validation cases ``names`` once and choose the thresholds on them.
+
+    ``mirror``: test-time mirroring axes, as the bundle will segment (the thresholds depend on it).
 
     Each of ``subsets`` (sets of modality codes) gets its own thresholds, chosen on the cases that have
     all of its modalities, segmented again with only those inputs (the other channels zero, as at inference);
@@ -157,7 +160,7 @@ def calibrate_network(network: torch.nn.Module, cache: Any, names: Sequence[str]
                 if keep is not None and np.any(keep > np.asarray(case.present)):
                     continue  # the case lacks one of the subset's modalities
                 x = torch.from_numpy(case.network_input(keep))[None]
-                probs, _, _ = predict(network, x, roi_size, overlap, device, amp=amp, divisor=divisor)
+                probs, _, _ = predict(network, x, roi_size, overlap, device, amp=amp, divisor=divisor, mirror=mirror)
                 found.setdefault(key, []).append(case_voxels(probs[0].float().cpu().numpy(), case.seg,
                                                              case.label_mask, case.population))
     finally:
@@ -204,9 +207,13 @@ def calibration_names(split_val: Sequence[str], index: Any, population: str | No
 
 def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = MIN_GAIN,
                   progress: Callable[[int, int], None] | None = None,
-                  caches: dict[str, Any] | None = None, subsets: bool = True) -> dict[str, Any]:
+                  caches: dict[str, Any] | None = None, subsets: bool = True,
+                  mirror: Sequence[str] | None = None) -> dict[str, Any]:
     """Calibrate a finished run's bundle on the run's validation split (from ``run.json`` and ``split.json``)
     and rewrite its ``model.json``; returns the calibration.
+
+    ``mirror`` (axis names, e.g. ``["LR"]``; ``[]`` for none) first sets the bundle's test-time mirroring,
+    which the thresholds are then chosen for; None keeps the bundle's own.
 
     ``caches`` (a dict kept across calls) shares the prepared cases between runs of the same preprocessing
     (a teacher, the joint baseline and the student of one recipe validate on the same cases). ``subsets``:
@@ -214,7 +221,7 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     import copy
     import json
 
-    from MTSSSegmenterLib.bundle import load_bundle, save_bundle
+    from MTSSSegmenterLib.bundle import load_bundle, mirror_axes, save_bundle
     from MTSSSegmenterLib.inference import resolve_device
 
     from .cache import CaseCache
@@ -229,6 +236,13 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     config = TrainConfig.from_dict(json.loads((run / "run.json").read_text(encoding="utf-8")))
     split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     bundle = load_bundle(run)
+    meta = copy.deepcopy(bundle.meta)
+    if mirror is not None:
+        meta["inference"]["mirror"] = list(mirror)
+    try:
+        axes = mirror_axes(meta)
+    except BundleError as exc:
+        raise InputError(f"--mirror: {exc}") from exc
     index = discover(config.data, config.mapping)
     names = calibration_names(split.get("val", []), index, config.population if config.command == "train-teacher" else None)
     if not names:
@@ -246,8 +260,9 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     network = bundle.network.to(dev)
     calibration = calibrate_network(network, cache, names, bundle.meta["inference"].get("roi_size", [128] * 3), dev,
                                     amp=bool(config.amp) and dev.type == "cuda", divisor=bundle.network_config.divisor, progress=progress,
-                                    subsets=calibrated_subsets(config) if subsets else (), min_gain=min_gain)
-    save_bundle(network.cpu(), apply_calibration(copy.deepcopy(bundle.meta), calibration), run)
+                                    subsets=calibrated_subsets(config) if subsets else (), min_gain=min_gain,
+                                    mirror=axes)
+    save_bundle(network.cpu(), apply_calibration(meta, calibration), run)
     return calibration
 
 
@@ -280,6 +295,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-subsets", dest="subsets", action="store_false",
                    help="only the thresholds for all four inputs (default: also one set per input subset for runs "
                         "trained with modality dropout)")
+    p.add_argument("--mirror", type=lambda v: [] if v.lower() == "none" else [a.strip().upper() for a in v.split(",")],
+                   default=None, metavar="AXES",
+                   help="test-time mirroring to calibrate for and write into the bundle: axes among LR, AP, SI "
+                        "(e.g. LR; each doubles the network time), or 'none' (default: keep the bundle's own)")
     p.set_defaults(func=run_calibrate)
 
 
@@ -289,7 +308,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     status, caches = 0, {}
     for run in args.runs:
         try:
-            print(f"{run}: {describe(calibrate_run(run, args.device, args.min_gain, caches=caches, subsets=args.subsets))}", flush=True)
+            found = calibrate_run(run, args.device, args.min_gain, caches=caches, subsets=args.subsets,
+                                  mirror=args.mirror)
+            print(f"{run}: {describe(found)}", flush=True)
         except (MTSSError, OSError, ValueError) as exc:
             print(f"error: {run}: {exc}", file=sys.stderr)
             status = 2

@@ -130,4 +130,5 @@ def load_ensemble(spec: Sequence[str] | dict[str, str], name: str | None = None)
     meta["inference"]["roi_size"] = [max(int(r), network.config.divisor) // network.config.divisor * network.config.divisor
                                      for r in first.meta["inference"]["roi_size"]]
     meta["inference"]["threshold"] = 0.5  # the members' thresholds were chosen for each alone, not for the average
+    meta["inference"].pop("mirror", None)  # one pass per member: the average is the ensemble's own smoothing
     return Bundle(Path(members[first_code]), meta, network)

@@ -35,3 +35,29 @@ def test_matches_monai_gaussian_sliding_window(batch):
         theirs = monai_inferers.sliding_window_inference(x, (16, 16, 16), batch, net, overlap=0.25, mode="gaussian")
     # Same windows, Gaussian weights of the same sigma (MONAI builds its kernel slightly differently).
     assert (ours - theirs).abs().max() < 0.02 * theirs.abs().max()
+
+
+def test_mirror_flips_are_every_combination_identity_first():
+    from MTSSSegmenterLib.errors import InputError
+    from MTSSSegmenterLib.inference import mirror_flips
+
+    assert mirror_flips(()) == [()]
+    assert mirror_flips([2]) == [(), (2,)]
+    assert sorted(mirror_flips([0, 2])) == sorted([(), (0,), (2,), (0, 2)])
+    with pytest.raises(InputError, match="not a spatial axis"):
+        mirror_flips([3])
+
+
+@pytest.mark.parametrize("roi", [(64, 64, 64), (16, 16, 16)])  # one pass, and a sliding window
+def test_mirrored_prediction_averages_the_logits_of_the_flipped_inputs(roi):
+    from MTSSSegmenterLib.inference import predict
+
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 3, padding=1))
+    x = torch.randn(1, 2, 32, 32, 32)
+    plain, _, _ = predict(net, x, roi, device="cpu", divisor=16)
+    mirrored, _, _ = predict(net, x, roi, device="cpu", divisor=16, mirror=[2])
+    flipped, _, _ = predict(net, torch.flip(x, [4]), roi, device="cpu", divisor=16)
+    expected = torch.sigmoid((torch.logit(plain) + torch.flip(torch.logit(flipped), [4])) / 2)
+    torch.testing.assert_close(mirrored, expected, atol=1e-4, rtol=1e-4)
+    assert (mirrored - plain).abs().max() > 1e-3  # this network is not mirror-symmetric: it changed something

@@ -272,3 +272,49 @@ def test_the_pipeline_takes_the_thresholds_of_the_inputs_it_is_given(tiny_bundle
     pair = sitk.GetArrayFromImage(segment(both, model=strict, device="cpu").label)
     pair_half = sitk.GetArrayFromImage(segment(both, model=tiny_bundle, device="cpu").label)
     np.testing.assert_array_equal(pair, pair_half)  # no own thresholds for FLAIR+T1c: the usual ones
+
+
+def test_calibrate_mirror_writes_the_mirroring_the_thresholds_were_chosen_for(tmp_path, capsys):
+    from MTSSSegmenterLib.bundle import mirror_axes
+    from MTSSSegmenterLib.cli import main
+
+    run, _ = _tiny_run(tmp_path, calibrate=False)
+    assert main(["calibrate", str(run), "--device", "cpu", "--mirror", "LR"]) == 0
+    meta = load_bundle(run).meta
+    assert meta["inference"]["mirror"] == ["LR"] and mirror_axes(meta) == (2,)
+    assert "Test-time mirroring: LR (2 network passes)" in load_bundle(run).card()
+    assert main(["calibrate", str(run), "--device", "cpu", "--mirror", "none"]) == 0
+    assert load_bundle(run).meta["inference"]["mirror"] == []
+    assert main(["calibrate", str(run), "--device", "cpu", "--mirror", "LR,UP"]) == 2
+    assert "inference.mirror must be a list of distinct axes among SI, AP, LR" in capsys.readouterr().err
+
+
+def test_a_bundle_with_a_broken_mirror_is_refused_on_load(tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["inference"]["mirror"] = "LR"
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="inference.mirror must be a list"):
+        load_bundle(copy)
+
+
+def test_the_pipeline_mirrors_as_the_bundle_says(tiny_bundle, small_case, tmp_path, monkeypatch):
+    import shutil
+
+    from MTSSSegmenterLib import pipeline
+
+    seen = []
+    real = pipeline.predict
+    monkeypatch.setattr(pipeline, "predict", lambda *a, **k: seen.append(tuple(k.get("mirror", ()))) or real(*a, **k))
+    mirrored = tmp_path / "mirrored"
+    shutil.copytree(tiny_bundle, mirrored)
+    meta = json.loads((mirrored / "model.json").read_text())
+    meta["inference"]["mirror"] = ["LR", "SI"]
+    (mirrored / "model.json").write_text(json.dumps(meta))
+    plain = segment_folder(small_case, model=tiny_bundle, device="cpu")
+    both = segment_folder(small_case, model=mirrored, device="cpu")
+    assert seen == [(), (0, 2)]
+    assert plain.label.GetSize() == both.label.GetSize()
