@@ -111,6 +111,8 @@ def _print_study(details: dict[str, Any]) -> None:
         print("Skull: " + ("detected, brain extracted" if details["skull_detected"] else "stripped (brain only)"))
     if "working_spacing_mm" in details:
         print("Working resolution (mm): " + " x ".join(f"{v:g}" for v in details["working_spacing_mm"]))
+    if details.get("test_time_mirroring"):
+        print("Test-time mirroring: " + ", ".join(details["test_time_mirroring"]))
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

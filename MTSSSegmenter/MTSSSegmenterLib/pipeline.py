@@ -167,6 +167,7 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
     missing = [m for m in MODALITY_CODES if m not in case.present]
     details = {"working_spacing_mm": list(case.working_spacing_zyx[::-1]), "missing_modalities": missing,
                "canonical_mapping": "exact" if case.frame.exact else "resampled (oblique input)",
+               "test_time_mirroring": list(bundle.meta["inference"].get("mirror") or []),
                "output_grid": "reference" if output_spacing is None else f"isotropic {output_spacing:g} mm",
                **study.summary()}
     return SegmentationResult(label, case.reference, label_volumes_ml(label), timings, str(ran_on), bundle.name,

@@ -20,7 +20,7 @@ from MTSSSegmenterLib.networks import NetworkConfig
 
 COMMANDS = ("train-teacher", "train-joint", "distill")
 SCHEDULES = ("cosine", "poly")
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "cache_gb", "cache_dir", "time_limit_min", "calibrate")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "cache_gb", "cache_dir", "time_limit_min", "calibrate", "mirror")
 
 
 def shipped_configs() -> list[str]:
@@ -90,6 +90,8 @@ class TrainConfig:
     val_subsets: list[list[str]] = field(default_factory=list)
     # choose each region's decision threshold on the validation cases at the end (calibration.py)
     calibrate: bool = True
+    # test-time mirroring the bundle segments with (axes among LR, AP, SI); calibration chooses for it
+    mirror: list[str] = field(default_factory=list)
     # distillation
     kd: list[str] = field(default_factory=list)
     kd_weights: dict[str, float] = field(default_factory=dict)
@@ -133,6 +135,12 @@ class TrainConfig:
                 raise InputError(str(exc)) from exc
         if self.command == "train-teacher" and self.population is None:
             raise InputError("train-teacher needs --population (one of GLI, PED, SSA, MEN, MET).")
+        from MTSSSegmenterLib.bundle import MIRROR_AXES
+
+        self.mirror = [str(a).upper() for a in self.mirror]
+        if any(a not in MIRROR_AXES for a in self.mirror) or len(set(self.mirror)) != len(self.mirror):
+            raise InputError(f"--mirror takes distinct axes among {', '.join(MIRROR_AXES)} (e.g. LR), got "
+                             f"{','.join(self.mirror)}.")
         divisor = NetworkConfig.from_dict(self.network).divisor
         bad = [p for p in self.patch if p % divisor]
         if bad:

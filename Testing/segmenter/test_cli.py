@@ -44,6 +44,19 @@ def test_segment_with_single_files_and_aliases(small_case, tiny_bundle, tmp_path
     assert "Volumes (mL)" in p.stdout and out.is_file()
 
 
+def test_the_summary_says_when_the_model_mirrors(small_case, tiny_bundle, tmp_path):
+    mirrored = tmp_path / "mirrored"
+    shutil.copytree(tiny_bundle, mirrored)
+    meta = json.loads((mirrored / "model.json").read_text())
+    meta["inference"]["mirror"] = ["LR"]
+    (mirrored / "model.json").write_text(json.dumps(meta))
+    p = run("segment", small_case, "-o", tmp_path / "m.nii.gz", "--model", mirrored)
+    assert p.returncode == 0, p.stderr
+    assert "Test-time mirroring: LR" in p.stdout
+    p = run("segment", small_case, "-o", tmp_path / "p.nii.gz", "--model", tiny_bundle)
+    assert p.returncode == 0 and "Test-time mirroring" not in p.stdout
+
+
 def test_messages_for_bad_calls(small_case, tiny_bundle, tmp_path):
     p = run("segment", "-o", tmp_path / "x.nii.gz", "--model", tiny_bundle)
     assert p.returncode == 2 and "No input" in p.stderr

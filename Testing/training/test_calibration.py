@@ -318,3 +318,19 @@ def test_the_pipeline_mirrors_as_the_bundle_says(tiny_bundle, small_case, tmp_pa
     both = segment_folder(small_case, model=mirrored, device="cpu")
     assert seen == [(), (0, 2)]
     assert plain.label.GetSize() == both.label.GetSize()
+    assert plain.details["test_time_mirroring"] == [] and both.details["test_time_mirroring"] == ["LR", "SI"]
+
+
+def test_a_run_trained_with_mirror_is_calibrated_for_it_and_its_bundle_mirrors(tmp_path, monkeypatch):
+    from MTSSSegmenterLib.errors import InputError
+    from MTSSTrainingLib import trainer
+
+    seen = []
+    real = trainer.calibrate_network
+    monkeypatch.setattr(trainer, "calibrate_network", lambda *a, **k: seen.append(k.get("mirror")) or real(*a, **k))
+    run, _ = _tiny_run(tmp_path, mirror=["lr"])
+    assert seen == [(2,)]
+    meta = load_bundle(run).meta
+    assert meta["inference"]["mirror"] == ["LR"] and len(meta["inference"]["threshold"]) == 3
+    with pytest.raises(InputError, match="--mirror takes distinct axes among SI, AP, LR"):
+        TrainConfig(command="train-joint", data=["d"], out="o", mirror=["LR", "XY"])

@@ -38,6 +38,7 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
         assert (runs / name / "model.json").is_file() and (runs / name / "model.safetensors").is_file(), name
     student_meta = json.loads((runs / "student" / "model.json").read_text())
     assert student_meta["training"]["init_from"]["name"] == "joint"  # the student starts from the joint baseline
+    assert student_meta["inference"]["mirror"] == ["LR"]  # calibrated for, and segmenting with, mirroring
     assert json.loads((runs / "joint-continued" / "model.json").read_text())["training"]["init_from"]["name"] == "joint"
     # the joint baseline, its continuation and the student also train on the clinical studies
     clinical = str(work / "train-clinical")
@@ -146,4 +147,6 @@ def test_cpu_profile_distils_from_specialists_of_the_generalist(tmp_path):
         assert init(f"runs/teacher-{pop}") == str(runs / "generalist-2")
         assert "student_default.json" in lines[str(runs / f"teacher-{pop}")]
     assert init("runs/student") == init("runs/joint-continued") == str(runs / "generalist-2")
+    trains = [line for line in lines.values() if " train-" in line or " distill " in line]
+    assert len(trains) >= 10 and all("--mirror LR" in line for line in trains)  # every run mirrors alike
     assert not (runs / "student").exists()  # nothing ran
