@@ -231,7 +231,8 @@ def threshold_lines(rep: dict, summary: dict, before: dict | None) -> list[str]:
     L = ["", "## Decision thresholds (chosen on each run's validation cases)", "",
          "Each region's threshold was chosen on the run's own validation cases (never the test cohort; "
          "`mtss calibrate`, done by training itself since 2026-11-23): WT first, then TC given WT, then ET, "
-         "kept when it raises the validation macro Dice by at least 0.005. The ensemble keeps 0.5.", "",
+         "kept when it raises the validation macro Dice by at least 0.005. The ensemble keeps 0.5. Runs marked "
+         "mirrored segment with test-time mirroring (`--mirror`), and their thresholds were chosen for it.", "",
          "| run | WT / TC / ET threshold | validation cases | test macro Dice WT / TC / ET at 0.5 | at these thresholds |",
          "|---|---|---|---|---|"]
     for key, m in rep["models"].items():
@@ -245,7 +246,9 @@ def threshold_lines(rep: dict, summary: dict, before: dict | None) -> list[str]:
         n = (meta.get("metrics", {}).get("calibration") or {}).get("n_cases", "–")
         old = " / ".join(fmt(mean(before, key, None, r)) for r in REGIONS) if before and key in before else "–"
         new = " / ".join(fmt(mean(summary, key, None, r)) for r in REGIONS)
-        L.append(f"| {Path(m['source']).name} | {' / '.join(f'{v:g}' for v in t)} | {n} | {old} | {new} |")
+        mirror = (meta.get("inference") or {}).get("mirror")
+        run = Path(m["source"]).name + (f" (mirrored {'+'.join(mirror)})" if mirror else "")
+        L.append(f"| {run} | {' / '.join(f'{v:g}' for v in t)} | {n} | {old} | {new} |")
     return L
 
 
