@@ -169,15 +169,26 @@ def region_thresholds(meta: dict[str, Any], present: Iterable[str] | None = None
 MIRROR_AXES: dict[str, int] = {"SI": 0, "AP": 1, "LR": 2}  # axes of the canonical LPS (z, y, x) arrays
 
 
-def mirror_axes(meta: dict[str, Any]) -> tuple[int, ...]:
-    """``inference.mirror`` (test-time mirroring, e.g. ``["LR"]``) as spatial axes of the network's arrays.
+def mirror_axes_of(names: Any, what: str = "inference.mirror") -> tuple[int, ...]:
+    """Test-time mirroring axis names (e.g. ``["LR"]``) as spatial axes of the network's arrays.
 
     Each named axis doubles the network passes; the logits of all flip combinations are averaged."""
-    names = (meta.get("inference") or {}).get("mirror") or []
     if not isinstance(names, list) or any(n not in MIRROR_AXES for n in names) or len(set(names)) != len(names):
-        raise BundleError(f"inference.mirror must be a list of distinct axes among {', '.join(MIRROR_AXES)} "
+        raise BundleError(f"{what} must be a list of distinct axes among {', '.join(MIRROR_AXES)} "
                           f"(left-right, anterior-posterior, superior-inferior), got {names!r}.")
     return tuple(sorted(MIRROR_AXES[n] for n in names))
+
+
+def mirror_axes(meta: dict[str, Any]) -> tuple[int, ...]:
+    """A bundle's ``inference.mirror`` as spatial axes (:func:`mirror_axes_of`)."""
+    return mirror_axes_of((meta.get("inference") or {}).get("mirror") or [])
+
+
+def parse_mirror(text: str) -> list[str]:
+    """A ``--mirror`` option: ``LR`` or ``lr,si`` -> ``["LR", "SI"]``; ``none`` or empty -> ``[]``."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [a.strip().upper() for a in text.split(",") if a.strip()]
 
 
 def model_card(meta: dict[str, Any], name: str) -> str:

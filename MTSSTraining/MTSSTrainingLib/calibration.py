@@ -221,7 +221,7 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     import copy
     import json
 
-    from MTSSSegmenterLib.bundle import load_bundle, mirror_axes, save_bundle
+    from MTSSSegmenterLib.bundle import load_bundle, mirror_axes, mirror_axes_of, save_bundle
     from MTSSSegmenterLib.inference import resolve_device
 
     from .cache import CaseCache
@@ -238,11 +238,11 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     bundle = load_bundle(run)
     meta = copy.deepcopy(bundle.meta)
     if mirror is not None:
+        try:
+            mirror_axes_of(list(mirror), "--mirror")
+        except BundleError as exc:
+            raise InputError(str(exc)) from exc
         meta["inference"]["mirror"] = list(mirror)
-    try:
-        axes = mirror_axes(meta)
-    except BundleError as exc:
-        raise InputError(f"--mirror: {exc}") from exc
     index = discover(config.data, config.mapping)
     names = calibration_names(split.get("val", []), index, config.population if config.command == "train-teacher" else None)
     if not names:
@@ -261,7 +261,7 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     calibration = calibrate_network(network, cache, names, bundle.meta["inference"].get("roi_size", [128] * 3), dev,
                                     amp=bool(config.amp) and dev.type == "cuda", divisor=bundle.network_config.divisor, progress=progress,
                                     subsets=calibrated_subsets(config) if subsets else (), min_gain=min_gain,
-                                    mirror=axes)
+                                    mirror=mirror_axes(meta))
     save_bundle(network.cpu(), apply_calibration(meta, calibration), run)
     return calibration
 
@@ -284,6 +284,8 @@ def describe(calibration: dict[str, Any]) -> str:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from MTSSSegmenterLib.bundle import parse_mirror
+
     p = subparsers.add_parser("calibrate", help="Choose each region's decision threshold on a run's validation cases.",
                               description="Choose the WT, TC and ET thresholds of finished runs on their own "
                                           "validation cases and write them into the runs' bundles (training does "
@@ -295,8 +297,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-subsets", dest="subsets", action="store_false",
                    help="only the thresholds for all four inputs (default: also one set per input subset for runs "
                         "trained with modality dropout)")
-    p.add_argument("--mirror", type=lambda v: [] if v.lower() == "none" else [a.strip().upper() for a in v.split(",")],
-                   default=None, metavar="AXES",
+    p.add_argument("--mirror", type=parse_mirror, default=None, metavar="AXES",
                    help="test-time mirroring to calibrate for and write into the bundle: axes among LR, AP, SI "
                         "(e.g. LR; each doubles the network time), or 'none' (default: keep the bundle's own)")
     p.set_defaults(func=run_calibrate)

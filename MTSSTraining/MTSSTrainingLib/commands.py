@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from MTSSSegmenterLib.bundle import parse_mirror
 from MTSSSegmenterLib.errors import Cancelled, InputError, MTSSError
 
 DEFAULT_NETWORKS = {"train-teacher": "teacher_resunet", "train-joint": "student_small", "distill": "student_small"}
@@ -115,7 +116,7 @@ def _training_options(p: argparse.ArgumentParser, command: str) -> None:
                         "of nearest-neighbour labels (keeps thin enhancing rims at a coarse working spacing)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep the 0.5 decision threshold instead of choosing one per region on the validation cases")
-    p.add_argument("--mirror", default="", metavar="AXES",
+    p.add_argument("--mirror", type=parse_mirror, default=[], metavar="AXES",
                    help="test-time mirroring the bundle will segment with, e.g. LR (axes among LR, AP, SI; each "
                         "doubles the network time); the thresholds are chosen for it (default: none)")
     default_subsets = [] if command == "train-teacher" else ["t1c,t2f"]
@@ -185,7 +186,7 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
                        schedule=args.schedule, device=args.device, amp=args.amp, seed=args.seed, workers=args.workers,
                        val_fraction=args.val_fraction, spacing=args.spacing, mapping=args.mapping, init=args.init,
                        cache_gb=args.cache_gb, cache_dir=args.cache_dir, time_limit_min=args.time_limit_min, modality_dropout=dropout, name=args.name, val_subsets=subsets,
-                       calibrate=args.calibrate, mirror=[a.strip() for a in args.mirror.split(",") if a.strip()],
+                       calibrate=args.calibrate, mirror=args.mirror,
                        augment={**_clinical_augment(args.clinical_augment),
                                 **({"soft_targets": True} if args.soft_targets else {})}, **extra)
 

@@ -135,12 +135,14 @@ class TrainConfig:
                 raise InputError(str(exc)) from exc
         if self.command == "train-teacher" and self.population is None:
             raise InputError("train-teacher needs --population (one of GLI, PED, SSA, MEN, MET).")
-        from MTSSSegmenterLib.bundle import MIRROR_AXES
+        from MTSSSegmenterLib.bundle import mirror_axes_of
+        from MTSSSegmenterLib.errors import BundleError
 
         self.mirror = [str(a).upper() for a in self.mirror]
-        if any(a not in MIRROR_AXES for a in self.mirror) or len(set(self.mirror)) != len(self.mirror):
-            raise InputError(f"--mirror takes distinct axes among {', '.join(MIRROR_AXES)} (e.g. LR), got "
-                             f"{','.join(self.mirror)}.")
+        try:
+            mirror_axes_of(self.mirror, "--mirror")
+        except BundleError as exc:
+            raise InputError(str(exc)) from exc
         divisor = NetworkConfig.from_dict(self.network).divisor
         bad = [p for p in self.patch if p % divisor]
         if bad:

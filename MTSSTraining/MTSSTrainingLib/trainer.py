@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from MTSSSegmenterLib.bundle import MIRROR_AXES, default_meta, load_bundle, save_bundle
+from MTSSSegmenterLib.bundle import default_meta, load_bundle, mirror_axes_of, save_bundle
 from MTSSSegmenterLib.errors import InputError, MTSSError
 from MTSSSegmenterLib.inference import resolve_device
 from MTSSSegmenterLib.networks import SegNetwork
@@ -456,7 +456,7 @@ class Trainer:
         self._notify(stage="calibrating", fraction=0.0, message=f"{len(names)} validation cases")
         calibration = calibrate_network(spec.network, cache, names, c.roi_size, self.dist.device, amp,
                                         spec.network.config.divisor, subsets=calibrated_subsets(c),
-                                        mirror=tuple(sorted(MIRROR_AXES[a] for a in c.mirror)),
+                                        mirror=mirror_axes_of(c.mirror, "--mirror"),
                                         progress=lambda i, n: self._notify(stage="calibrating", fraction=i / max(n, 1)))
         log.info("Calibrated %s", describe(calibration))
         return calibration

@@ -286,7 +286,7 @@ def test_calibrate_mirror_writes_the_mirroring_the_thresholds_were_chosen_for(tm
     assert main(["calibrate", str(run), "--device", "cpu", "--mirror", "none"]) == 0
     assert load_bundle(run).meta["inference"]["mirror"] == []
     assert main(["calibrate", str(run), "--device", "cpu", "--mirror", "LR,UP"]) == 2
-    assert "inference.mirror must be a list of distinct axes among SI, AP, LR" in capsys.readouterr().err
+    assert "--mirror must be a list of distinct axes among SI, AP, LR" in capsys.readouterr().err
 
 
 def test_a_bundle_with_a_broken_mirror_is_refused_on_load(tiny_bundle, tmp_path):
@@ -332,5 +332,5 @@ def test_a_run_trained_with_mirror_is_calibrated_for_it_and_its_bundle_mirrors(t
     assert seen == [(2,)]
     meta = load_bundle(run).meta
     assert meta["inference"]["mirror"] == ["LR"] and len(meta["inference"]["threshold"]) == 3
-    with pytest.raises(InputError, match="--mirror takes distinct axes among SI, AP, LR"):
+    with pytest.raises(InputError, match="--mirror must be a list of distinct axes among SI, AP, LR"):
         TrainConfig(command="train-joint", data=["d"], out="o", mirror=["LR", "XY"])
