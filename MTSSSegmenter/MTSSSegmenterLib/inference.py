@@ -123,12 +123,13 @@ def _run(network: nn.Module, x: torch.Tensor, roi: Sequence[int], overlap: float
     ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else torch.autocast(
         device_type=device.type, enabled=False)
     flips = mirror_flips(mirror)
+    whole = all(r >= s for r, s in zip(roi, xp.shape[2:]))  # one window covers the volume
     out = None
     with torch.inference_mode(), ctx:
         for flip in flips:
             dims = [2 + a for a in flip]
             xf = torch.flip(xp, dims) if dims else xp
-            if all(r >= s for r, s in zip(roi, xp.shape[2:])):
+            if whole:
                 o = network(xf).float()
             else:
                 o = sliding_window(xf, roi, network, overlap=overlap, batch=batch).float()

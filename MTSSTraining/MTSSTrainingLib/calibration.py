@@ -237,9 +237,10 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     bundle = load_bundle(run)
     meta = copy.deepcopy(bundle.meta)
+    axes = mirror_axes(meta)
     if mirror is not None:
         try:
-            mirror_axes_of(list(mirror), "--mirror")
+            axes = mirror_axes_of(list(mirror), "--mirror")
         except BundleError as exc:
             raise InputError(str(exc)) from exc
         meta["inference"]["mirror"] = list(mirror)
@@ -261,7 +262,7 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     calibration = calibrate_network(network, cache, names, bundle.meta["inference"].get("roi_size", [128] * 3), dev,
                                     amp=bool(config.amp) and dev.type == "cuda", divisor=bundle.network_config.divisor, progress=progress,
                                     subsets=calibrated_subsets(config) if subsets else (), min_gain=min_gain,
-                                    mirror=mirror_axes(meta))
+                                    mirror=axes)
     save_bundle(network.cpu(), apply_calibration(meta, calibration), run)
     return calibration
 
