@@ -12,17 +12,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from .constants import modality
 from .geometry import Grid, check_overlap
-from .preprocess import PreparedCase, _array, per_region, regions_to_labels
+from .preprocess import PreparedCase, _array, restore_on_grid, working_image_of
 from .registration import Registration, RegistrationConfig, register_series, working_image
 from .skull import SkullEvidence, brain_mask
 
@@ -170,39 +168,6 @@ def isotropic_grid(reference: sitk.Image, spacing_mm: float) -> Grid:
     new = np.full(3, float(spacing_mm))
     size = tuple(int(max(1, math.ceil(n * s / spacing_mm - 1e-6))) for n, s in zip(ref.size, sp))
     return Grid(size, tuple(new.tolist()), tuple((corner + d @ (new / 2)).tolist()), ref.direction)  # type: ignore[arg-type]
-
-
-def working_image_of(volume: np.ndarray | torch.Tensor, case: PreparedCase) -> sitk.Image:
-    """A (z, y, x) array at the case's working resolution (cropped canonical frame) as a placed sitk image."""
-    arr = np.asarray(volume.cpu() if isinstance(volume, torch.Tensor) else volume, dtype=np.float32)
-    canon = case.frame.canonical
-    d = np.asarray(canon.direction).reshape(3, 3)
-    sp_c = np.asarray(canon.spacing)  # xyz
-    start = np.array([s.start for s in case.crop][::-1], dtype=np.float64)  # xyz
-    n = np.array([s.stop - s.start for s in case.crop][::-1], dtype=np.float64)
-    m = np.array(arr.shape[::-1], dtype=np.float64)
-    ratio = n / m  # crop voxels per working voxel (align_corners=False resizing)
-    origin = np.asarray(canon.origin) + d @ (sp_c * (start + 0.5 * ratio - 0.5))
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((sp_c * ratio).tolist())
-    img.SetOrigin(origin.tolist())
-    img.SetDirection(canon.direction)
-    return img
-
-
-def restore_on_grid(probabilities: torch.Tensor | np.ndarray, case: PreparedCase, grid: Grid,
-                    threshold: float | Sequence[float] = 0.5) -> sitk.Image:
-    """Region probabilities (3, z, y, x) at the working resolution -> uint8 label map on ``grid`` (thresholds
-    as :func:`~.preprocess.restore`)."""
-    target = grid.reference_image(sitk.sitkFloat32)
-    regions = []
-    t = per_region(threshold, int(probabilities.shape[0]))
-    for ch in range(int(probabilities.shape[0])):
-        img = working_image_of(probabilities[ch], case)
-        regions.append(sitk.GetArrayFromImage(sitk.Resample(img, target, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                            sitk.sitkFloat32)) >= t[ch])
-    labels = sitk.GetImageFromArray(regions_to_labels(np.stack(regions)))
-    return grid.apply(labels)
 
 
 def brain_on_grid(case: PreparedCase, grid: Grid) -> sitk.Image:

@@ -251,21 +251,52 @@ def per_region(threshold: float | Sequence[float], n: int = 3) -> np.ndarray:
 
 def restore(probabilities: torch.Tensor, case: PreparedCase, threshold: float | Sequence[float] = 0.5) -> sitk.Image:
     """Region probabilities (3, z, y, x) at working spacing -> uint8 label map on the reference grid, each
-    region thresholded at its own ``threshold`` (one number: the same for all)."""
+    region thresholded at its own ``threshold`` (one number: the same for all).
+
+    An oblique reference goes through :func:`restore_on_grid`: one linear interpolation from the working
+    grid straight onto the reference's. Going through the canonical frame first interpolated twice on a
+    coarse grid, and the extra blur shrank the thresholded tumour (by 11 % on a 5 mm oblique t1c series).
+    """
+    if not case.frame.exact:
+        return restore_on_grid(probabilities, case, case.frame.original, threshold)
     crop_shape = tuple(s.stop - s.start for s in case.crop)
     p = resize(probabilities.float(), crop_shape, "trilinear").cpu().numpy()
     t = per_region(threshold, p.shape[0])
-    if case.frame.exact:
-        full = np.zeros((p.shape[0],) + case.canonical_shape, dtype=np.uint8)
-        full[(slice(None),) + case.crop] = p >= t[:, None, None, None]
-        labels = sitk.GetImageFromArray(regions_to_labels(full))
-        case.frame.canonical.apply(labels)
-        return from_canonical(labels, case.frame, sitk.sitkNearestNeighbor)
-    back = []
-    for ch in range(p.shape[0]):
-        full = np.zeros(case.canonical_shape, dtype=np.float32)
-        full[case.crop] = p[ch]
-        img = case.frame.canonical.apply(sitk.GetImageFromArray(full))
-        back.append(sitk.GetArrayFromImage(from_canonical(img, case.frame, sitk.sitkLinear)) >= t[ch])
-    labels = sitk.GetImageFromArray(regions_to_labels(np.stack(back)))
-    return case.frame.original.apply(labels)
+    full = np.zeros((p.shape[0],) + case.canonical_shape, dtype=np.uint8)
+    full[(slice(None),) + case.crop] = p >= t[:, None, None, None]
+    labels = sitk.GetImageFromArray(regions_to_labels(full))
+    case.frame.canonical.apply(labels)
+    return from_canonical(labels, case.frame, sitk.sitkNearestNeighbor)
+
+
+def working_image_of(volume: np.ndarray | torch.Tensor, case: PreparedCase) -> sitk.Image:
+    """A (z, y, x) array at the case's working resolution (cropped canonical frame) as a placed sitk image."""
+    arr = np.asarray(volume.cpu() if isinstance(volume, torch.Tensor) else volume, dtype=np.float32)
+    canon = case.frame.canonical
+    d = np.asarray(canon.direction).reshape(3, 3)
+    sp_c = np.asarray(canon.spacing)  # xyz
+    start = np.array([s.start for s in case.crop][::-1], dtype=np.float64)  # xyz
+    n = np.array([s.stop - s.start for s in case.crop][::-1], dtype=np.float64)
+    m = np.array(arr.shape[::-1], dtype=np.float64)
+    ratio = n / m  # crop voxels per working voxel (align_corners=False resizing)
+    origin = np.asarray(canon.origin) + d @ (sp_c * (start + 0.5 * ratio - 0.5))
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((sp_c * ratio).tolist())
+    img.SetOrigin(origin.tolist())
+    img.SetDirection(canon.direction)
+    return img
+
+
+def restore_on_grid(probabilities: torch.Tensor | np.ndarray, case: PreparedCase, grid: Grid,
+                    threshold: float | Sequence[float] = 0.5) -> sitk.Image:
+    """Region probabilities (3, z, y, x) at the working resolution -> uint8 label map on ``grid`` (thresholds
+    as :func:`restore`), by one linear interpolation of each region's probability."""
+    target = grid.reference_image(sitk.sitkFloat32)
+    regions = []
+    t = per_region(threshold, int(probabilities.shape[0]))
+    for ch in range(int(probabilities.shape[0])):
+        img = working_image_of(probabilities[ch], case)
+        regions.append(sitk.GetArrayFromImage(sitk.Resample(img, target, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                            sitk.sitkFloat32)) >= t[ch])
+    labels = sitk.GetImageFromArray(regions_to_labels(np.stack(regions)))
+    return grid.apply(labels)
