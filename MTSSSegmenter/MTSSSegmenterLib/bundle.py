@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -120,9 +121,10 @@ class Bundle:
         """Decision threshold per region (WT, TC, ET) with all inputs; see :func:`region_thresholds`."""
         return region_thresholds(self.meta)
 
-    def thresholds_for(self, present: Iterable[str]) -> tuple[float, float, float]:
-        """Decision threshold per region for this set of inputs (its own when calibrated for it)."""
-        return region_thresholds(self.meta, present)
+    def thresholds_for(self, present: Iterable[str], slice_mm: float | None = None) -> tuple[float, float, float]:
+        """Decision threshold per region for this set of inputs (its own when calibrated for it), and for
+        series whose thickest voxel side is ``slice_mm`` (see :func:`region_thresholds`)."""
+        return region_thresholds(self.meta, present, slice_mm)
 
     def card(self) -> str:
         """A short human-readable model card (for tooltips and ``--json`` summaries)."""
@@ -144,25 +146,60 @@ def _three(value: Any, what: str) -> tuple[float, float, float]:
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
-def region_thresholds(meta: dict[str, Any], present: Iterable[str] | None = None) -> tuple[float, float, float]:
+def _threshold_sets(block: dict[str, Any], where: str) -> tuple[tuple[float, float, float], dict[str, tuple]]:
+    """``threshold`` and ``subset_thresholds`` of one block of ``inference``, checked."""
+    default = _three(block.get("threshold", 0.5), f"{where}threshold")
+    subsets = block.get("subset_thresholds") or {}
+    if not isinstance(subsets, dict):
+        raise BundleError(f"{where}subset_thresholds must map input sets to thresholds, got {subsets!r}.")
+    chosen = {}
+    for key, value in subsets.items():
+        codes = str(key).split(",")
+        if not codes or any(c not in MODALITY_CODES for c in codes) or subset_key(codes) != key:
+            raise BundleError(f"{where}subset_thresholds has the key {key!r}; keys are modality codes joined by "
+                              f"commas in the order {', '.join(MODALITY_CODES)} (e.g. 't1c,t2f').")
+        chosen[key] = _three(value, f"{where}subset_thresholds[{key!r}]")
+    return default, chosen
+
+
+def thick_slice_limit(meta: dict[str, Any]) -> float | None:
+    """``inference.thick_slices.min_slice_mm``: from this slice thickness on, the thick-slice thresholds hold
+    (None: the bundle has none)."""
+    thick = (meta.get("inference") or {}).get("thick_slices")
+    if thick is None:
+        return None
+    limit = thick.get("min_slice_mm") if isinstance(thick, dict) else None
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or not math.isfinite(limit) or limit <= 0:
+        raise BundleError("inference.thick_slices must be {'min_slice_mm': mm, 'threshold': [wt, tc, et], ...}, "
+                          f"got {thick!r}.")
+    return float(limit)
+
+
+def region_thresholds(meta: dict[str, Any], present: Iterable[str] | None = None,
+                      slice_mm: float | None = None) -> tuple[float, float, float]:
     """``inference.threshold`` as one threshold per region (WT, TC, ET).
 
     A single number applies to every region (the format before calibration, still valid); a list of three
     comes from threshold calibration on validation cases (``mtss calibrate``). ``inference.subset_thresholds``
     (``{"t1c,t2f": [wt, tc, et], ...}``, chosen on the validation cases given only those inputs) overrides it
-    when ``present`` is exactly one of its sets; every entry is checked whatever ``present`` is."""
+    when ``present`` is exactly one of its sets.
+
+    ``inference.thick_slices`` (``{"min_slice_mm": 4, "threshold": [...], "subset_thresholds": {...}}``, chosen
+    on clinical studies by ``mtss calibrate-thick-slices``) holds instead when ``slice_mm``, the thickest
+    voxel side among the input series, reaches ``min_slice_mm``: thick slices blur the inputs, and the
+    network's probabilities spread further than on the 1 mm grids the other thresholds were chosen on. An
+    input subset without its own thick-slice set keeps its ordinary set. Every entry is checked whatever
+    ``present`` and ``slice_mm`` are."""
     inference = meta.get("inference") or {}
-    default = _three(inference.get("threshold", 0.5), "inference.threshold")
-    subsets = inference.get("subset_thresholds") or {}
-    if not isinstance(subsets, dict):
-        raise BundleError(f"inference.subset_thresholds must map input sets to thresholds, got {subsets!r}.")
-    chosen = {}
-    for key, value in subsets.items():
-        codes = str(key).split(",")
-        if not codes or any(c not in MODALITY_CODES for c in codes) or subset_key(codes) != key:
-            raise BundleError(f"inference.subset_thresholds has the key {key!r}; keys are modality codes joined by "
-                              f"commas in the order {', '.join(MODALITY_CODES)} (e.g. 't1c,t2f').")
-        chosen[key] = _three(value, f"inference.subset_thresholds[{key!r}]")
+    default, chosen = _threshold_sets(inference, "inference.")
+    limit = thick_slice_limit(meta)
+    if limit is not None:
+        thick_default, thick_chosen = _threshold_sets(inference["thick_slices"], "inference.thick_slices.")
+        if slice_mm is not None and slice_mm >= limit:
+            if present is None or set(present) == set(MODALITY_CODES):
+                return thick_default
+            key = subset_key(present)
+            return thick_chosen.get(key, chosen.get(key, default))
     return chosen.get(subset_key(present), default) if present is not None else default
 
 
@@ -204,8 +241,9 @@ def model_card(meta: dict[str, Any], name: str) -> str:
         lines.append(f"Metrics: {summary}")
     try:
         thresholds = region_thresholds(meta)
+        thick_mm = thick_slice_limit(meta)
     except BundleError:
-        thresholds = None
+        thresholds = thick_mm = None
     if thresholds and thresholds != (0.5, 0.5, 0.5):
         chosen = " (chosen on validation cases)" if (meta.get("metrics") or {}).get("calibration") else ""
         lines.append("Thresholds WT/TC/ET: " + "/".join(f"{t:g}" for t in thresholds) + chosen)
@@ -213,6 +251,10 @@ def model_card(meta: dict[str, Any], name: str) -> str:
     if thresholds and own:
         summary = subset_thresholds_summary(own)
         lines.append(summary[0].upper() + summary[1:])
+    if thick_mm is not None:
+        thick = region_thresholds(meta, slice_mm=thick_mm)
+        lines.append(f"Series with slices of {thick_mm:g} mm or more: thresholds WT/TC/ET "
+                     + "/".join(f"{t:g}" for t in thick) + " (chosen on clinical studies)")
     mirror = (meta.get("inference") or {}).get("mirror")
     if mirror:
         lines.append(f"Test-time mirroring: {', '.join(map(str, mirror))} ({2 ** len(mirror)} network passes)")

@@ -113,6 +113,9 @@ def _print_study(details: dict[str, Any]) -> None:
         print("Working resolution (mm): " + " x ".join(f"{v:g}" for v in details["working_spacing_mm"]))
     if details.get("test_time_mirroring"):
         print("Test-time mirroring: " + ", ".join(details["test_time_mirroring"]))
+    if details.get("thick_slice_thresholds"):
+        print(f"Thresholds WT/TC/ET: {'/'.join(f'{t:g}' for t in details['thresholds'])}, the model's set for "
+              f"thick slices (the thickest series has {details['thickest_slice_mm']:g} mm voxels)")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

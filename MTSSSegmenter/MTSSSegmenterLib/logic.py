@@ -151,6 +151,15 @@ def registrationReport(summary: dict[str, Any], transformNames: dict[str, str] |
     return lines
 
 
+def thresholdReport(summary: dict[str, Any]) -> list[str]:
+    """A line on the decision thresholds when the model's thick-slice set was used (empty otherwise)."""
+    if not summary.get("thick_slice_thresholds"):
+        return []
+    values = "/".join(f"{t:g}" for t in summary.get("thresholds", []))
+    return [f"Thresholds WT/TC/ET {values}: the model's set for thick slices (the thickest series has "
+            f"{summary.get('thickest_slice_mm', float('nan')):g} mm voxels)."]
+
+
 def worldCorners(volume: Any) -> np.ndarray:
     """The 8 corners (RAS, mm) of a volume's voxel box, including the half voxel at each face."""
     dims = volume.GetImageData().GetDimensions()
@@ -318,7 +327,8 @@ class MTSSSegmenterLogic:
             if transforms:
                 summary["registration_transform_nodes"] = {code: t.GetID() for code, t in transforms.items()}
                 node.SetAttribute("MTSS.summary", json.dumps(summary))
-            for line in registrationReport(summary, {code: t.GetName() for code, t in transforms.items()}):
+            for line in registrationReport(summary, {code: t.GetName() for code, t in transforms.items()}) \
+                    + thresholdReport(summary):
                 log.info("%s", line)
                 job.log.append(line)
             return node
@@ -623,4 +633,5 @@ class MTSSSegmenterLogic:
 
 __all__ = ["MTSSSegmenterLogic", "SegmentationJob", "ModelInfo", "Cancelled", "MTSSError", "imageFromVolume",
            "ijkToWorld", "segmentationsLogicClass", "userModelDir", "registrationToParentMatrix", "registrationReport",
+           "thresholdReport",
            "BRAIN_SEGMENT"]

@@ -334,3 +334,83 @@ def test_a_run_trained_with_mirror_is_calibrated_for_it_and_its_bundle_mirrors(t
     assert meta["inference"]["mirror"] == ["LR"] and len(meta["inference"]["threshold"]) == 3
     with pytest.raises(InputError, match="--mirror must be a list of distinct axes among SI, AP, LR"):
         TrainConfig(command="train-joint", data=["d"], out="o", mirror=["LR", "XY"])
+
+
+def test_a_start_other_than_half_is_kept_unless_another_threshold_beats_it():
+    # The tumour's WT probability is 0.42 and the background's 0.1: every threshold in (0.1, 0.42] is perfect.
+    cases = [_case("GLI", (0.42, 0.9, 0.9)), _case("MET", (0.42, 0.9, 0.9))]
+    kept = choose_thresholds(cases, start=[0.3, 0.5, 0.5])
+    assert kept["threshold"] == [0.3, 0.5, 0.5] and kept["start"] == [0.3, 0.5, 0.5]
+    assert kept["dice_at_start"]["WT"] == 1.0 and kept["dice_at_0.5"]["WT"] == 0.0
+    moved = choose_thresholds(cases, start=[0.6, 0.5, 0.5])  # 0.6 finds nothing: the perfect one nearest to it
+    assert moved["threshold"][0] == 0.4 and moved["dice_at_start"]["WT"] == 0.0 and moved["dice"]["WT"] == 1.0
+
+
+def test_thick_slice_thresholds_hold_from_their_slice_thickness_and_are_checked():
+    from MTSSSegmenterLib.bundle import model_card, thick_slice_limit
+
+    meta = {"inference": {"threshold": [0.85, 0.9, 0.9], "subset_thresholds": {"t1c": [0.5, 0.85, 0.5],
+                                                                                "t1c,t2f": [0.8, 0.8, 0.8]},
+                          "thick_slices": {"min_slice_mm": 4.0, "threshold": [0.95, 0.9, 0.9],
+                                           "subset_thresholds": {"t1c": [0.6, 0.9, 0.5]}}}}
+    four = ("t1n", "t1c", "t2w", "t2f")
+    assert thick_slice_limit(meta) == 4.0 and thick_slice_limit({"inference": {}}) is None
+    assert region_thresholds(meta, four, 5.0) == (0.95, 0.9, 0.9) == region_thresholds(meta, four, 4.0)
+    assert region_thresholds(meta, four, 3.9) == (0.85, 0.9, 0.9) == region_thresholds(meta, four)
+    assert region_thresholds(meta, ("t1c",), 5.0) == (0.6, 0.9, 0.5)  # its own thick-slice set
+    assert region_thresholds(meta, ("t1c", "t2f"), 5.0) == (0.8, 0.8, 0.8)  # none: the subset's ordinary set
+    assert region_thresholds(meta, ("t2w",), 5.0) == (0.85, 0.9, 0.9)
+    assert "Series with slices of 4 mm or more: thresholds WT/TC/ET 0.95/0.9/0.9" in model_card(meta, "m")
+    for thick, match in (({"threshold": 0.9}, "min_slice_mm"), ({"min_slice_mm": -1, "threshold": 0.9}, "min_slice_mm"),
+                         ({"min_slice_mm": 4, "threshold": [0.9, 1.2, 0.9]}, r"thick_slices\.threshold must be"),
+                         ({"min_slice_mm": 4, "subset_thresholds": {"flair": 0.5}}, "keys are modality codes"),
+                         ([4, 0.9], "min_slice_mm")):
+        with pytest.raises(BundleError, match=match):  # checked whatever the inputs are
+            region_thresholds({"inference": {"threshold": 0.5, "thick_slices": thick}}, four)
+
+
+def test_the_pipeline_takes_the_thick_slice_thresholds_from_their_slice_thickness(tiny_bundle, small_case, tmp_path):
+    import shutil
+
+    from MTSSSegmenterLib.pipeline import read_inputs, segment
+
+    images = read_inputs({m: small_case / f"{small_case.name}-{m}.nii.gz" for m in ("t1n", "t1c", "t2w", "t2f")})
+    thickest = max(max(img.GetSpacing()) for img in images.values())  # 3 mm
+    bundles = {}
+    for name, limit in (("thick", thickest), ("thin-only", thickest + 0.5)):
+        bundles[name] = tmp_path / name
+        shutil.copytree(tiny_bundle, bundles[name])
+        meta = json.loads((bundles[name] / "model.json").read_text())
+        meta["inference"]["thick_slices"] = {"min_slice_mm": limit, "threshold": [0.999, 0.999, 0.999]}
+        (bundles[name] / "model.json").write_text(json.dumps(meta))
+    usual = segment(images, model=tiny_bundle, device="cpu")
+    thick = segment(images, model=bundles["thick"], device="cpu")
+    thin = segment(images, model=bundles["thin-only"], device="cpu")
+    assert thick.details["thick_slice_thresholds"] and thick.details["thresholds"] == [0.999] * 3
+    assert thick.details["thickest_slice_mm"] == pytest.approx(thickest)
+    assert (sitk.GetArrayViewFromImage(thick.label) > 0).sum() < (sitk.GetArrayViewFromImage(usual.label) > 0).sum()
+    assert not thin.details["thick_slice_thresholds"] and thin.details["thresholds"] == [0.5] * 3
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(thin.label), sitk.GetArrayFromImage(usual.label))
+
+
+def test_calibrate_thick_slices_chooses_on_the_thick_studies_only_and_keeps_the_weights(tiny_bundle, tmp_path, capsys):
+    from MTSSSegmenterLib.cli import main
+
+    data = tmp_path / "clinical"
+    for i in range(3):
+        write_fake_case(data, f"BraTS-GLI-0000{i}-000", seed=i, spacing=4.5, shape_xyz=(28, 30, 24))
+    write_fake_case(data, "BraTS-MET-00000-000", seed=7, spacing=2.0, shape_xyz=(48, 52, 40))  # thin: left out
+    out = tmp_path / "calibrated"
+    assert main(["calibrate-thick-slices", str(tiny_bundle), str(data), "-o", str(out), "--device", "cpu",
+                 "--no-subsets", "--min-gain", "0"]) == 0
+    assert "for slices of 4 mm or more" in capsys.readouterr().out
+    before, after = read_meta(tiny_bundle), load_bundle(out).meta  # loads: weights and checksum unchanged
+    assert after["weights_sha256"] == before["weights_sha256"]
+    block = after["inference"]["thick_slices"]
+    assert block["min_slice_mm"] == 4.0 and len(block["threshold"]) == 3
+    cal = after["metrics"]["thick_slice_calibration"]
+    assert cal["n_cases"] == 3 and cal["start"] == [0.5, 0.5, 0.5] and cal["studies"] == [str(data)]
+    assert region_thresholds(after, slice_mm=4.5) == tuple(block["threshold"])
+    assert main(["calibrate-thick-slices", str(tiny_bundle), str(data), "--min-slice-mm", "6", "--device", "cpu"]) == 2
+    assert "has a series with slices of 6 mm or more" in capsys.readouterr().err
+    assert "thick_slices" not in read_meta(tiny_bundle)["inference"]  # nothing was written over the bundle

@@ -39,6 +39,10 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
     student_meta = json.loads((runs / "student" / "model.json").read_text())
     assert student_meta["training"]["init_from"]["name"] == "joint"  # the student starts from the joint baseline
     assert student_meta["inference"]["mirror"] == ["LR"]  # calibrated for, and segmenting with, mirroring
+    # thresholds for thick slices, chosen on clinical studies of their own seed after the student's training
+    assert student_meta["inference"]["thick_slices"]["min_slice_mm"] == 4.0
+    assert student_meta["metrics"]["thick_slice_calibration"]["studies"] == [str(work / "val-clinical")]
+    assert json.loads((work / "reports" / "thick_slices.json").read_text())["n_cases"] >= 1
     assert json.loads((runs / "joint-continued" / "model.json").read_text())["training"]["init_from"]["name"] == "joint"
     # the joint baseline, its continuation and the student also train on the clinical studies
     clinical = str(work / "train-clinical")

@@ -24,7 +24,9 @@ comparison. Both, and the joint baseline they start from, also
 train on a small cohort of clinical studies (``mtss synth --clinical``: own grid per series, head motion,
 skull on half of them), prepared through registration and brain extraction as ``mtss segment`` prepares them.
 Every run ends by choosing its per-region decision thresholds on its own validation cases
-(:mod:`MTSSTrainingLib.calibration`), so that the comparisons are between calibrated models.
+(:mod:`MTSSTrainingLib.calibration`), so that the comparisons are between calibrated models. The student then
+gets thresholds for series with slices of 4 mm or more, chosen on clinical studies of their own seed that no
+run trained on (``mtss calibrate-thick-slices``).
 
 Usage::
 
@@ -73,7 +75,7 @@ PROFILES = {
             "joint_steps": (8, 110), "generalist_stages": ((4, 110), (4, 110)), "specialists": True,
             "teacher_steps": (1, 150), "teacher_seed": 4, "student_steps": (4, 110), "student_init": "joint",
             "ablation_steps": (1, 150), "ablation_init": "joint", "clinical_augment": 0.3, "amp": False,
-            "clinical_cases": 6, "soft_targets": True, "student_kd": STUDENT_KD, "mirror": "LR"},
+            "clinical_cases": 6, "clinical_val_cases": 8, "soft_targets": True, "student_kd": STUDENT_KD, "mirror": "LR"},
     # One H100 for about 21 minutes (most of the device budget of a development session): every training run is
     # time-limited (minutes below; the learning-rate schedule follows the clock), the independent runs share
     # the GPU (--parallel 8: five teachers beside the joint baseline, then the student beside its control, then
@@ -82,7 +84,7 @@ PROFILES = {
             "teacher": "teacher_gpu", "student": "student_default", "teacher_base_steps": None,
             "teacher_steps": (50, 200), "joint_steps": (50, 200), "student_steps": (50, 200), "student_init": "joint",
             "ablation_steps": (50, 200), "ablation_init": "joint", "clinical_augment": 0.3, "amp": True,
-            "workers": 3, "parallel": 8, "synth_workers": 16, "clinical_cases": 10,
+            "workers": 3, "parallel": 8, "synth_workers": 16, "clinical_cases": 10, "clinical_val_cases": 8,
             "soft_targets": True, "student_kd": STUDENT_KD, "mirror": "LR",  # from the CPU runs (README)
             "minutes": {"teacher": 5.0, "joint": 5.0, "student": 5.5, "ablation": 3.5},
             # The run of 2026-11-23 distilled at 2e-3 beside the ablation: the KD terms pulled the student away
@@ -94,6 +96,7 @@ PROFILES = {
              "teacher": "tiny", "student": "tiny", "teacher_base_steps": (1, 2), "teacher_steps": (1, 1),
              "joint_steps": (1, 2), "student_steps": (1, 1), "student_init": "joint", "ablation_steps": (1, 1),
              "ablation_init": "joint", "clinical_augment": 0.3, "amp": False, "parallel": 2, "clinical_cases": 1,
+             "clinical_val_cases": 1,
              "soft_targets": True, "mirror": "LR"},
 }
 
@@ -330,8 +333,21 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append(distil(f"ablation_{name}", runs / name, kd, p["ablation_steps"], ablation_init,
                                minutes.get("ablation"), [student] if p.get("ablation_after_student") else None))
     reports = w / "reports"
+    # Thresholds for thick slices: chosen on clinical studies of their own seed, never trained on (the student's
+    # ordinary thresholds were chosen on its validation cases, mostly on the 2 mm grid of the aligned cohort).
+    thick = []
+    if p.get("clinical_val_cases"):
+        clinical_val = w / "val-clinical"
+        thick = [reports / "thick_slices.json"]
+        jobs += [Job("synth_clinical_val", "synth", [
+                     "synth", clinical_val, "--cases", p["clinical_val_cases"], "--spacing", p["synth_spacing"],
+                     "--seed", 4000, "--clinical", "--first-index", 60000, "--workers", p.get("synth_workers", 2)],
+                     clinical_val / "cohort.json"),
+                 Job("thick_slices", "student", [
+                     "calibrate-thick-slices", student, clinical_val, "--device", dev, "--json", thick[0]],
+                     thick[0], [student, clinical_val / "cohort.json"])]
     models = list(dict.fromkeys([student, joint, start, *controls] + [teachers[pop] for pop in POPULATIONS]))
-    evaluated = [test / "cohort.json"]
+    evaluated = [test / "cohort.json", *thick]  # after the student's last rewrite
     jobs.append(Job("evaluate", "evaluate", [
         "evaluate", test, *[a for m in models for a in ("--model", m)], "--ensemble", *teacher_args,
         "-o", reports / "all", "--device", dev], reports / "all" / "report.json", evaluated + models))
