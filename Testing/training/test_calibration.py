@@ -414,3 +414,19 @@ def test_calibrate_thick_slices_chooses_on_the_thick_studies_only_and_keeps_the_
     assert main(["calibrate-thick-slices", str(tiny_bundle), str(data), "--min-slice-mm", "6", "--device", "cpu"]) == 2
     assert "has a series with slices of 6 mm or more" in capsys.readouterr().err
     assert "thick_slices" not in read_meta(tiny_bundle)["inference"]  # nothing was written over the bundle
+
+
+def test_volume_ties_take_the_least_biased_of_the_thresholds_dice_cannot_tell_apart():
+    # 100 tumour voxels at 0.95, and a blurred shell of 10 background voxels at 0.87: at 0.85 the shell is
+    # labelled (Dice 0.952, volume +10 %), at 0.9 it is not (Dice 1.0). With min_gain 0.06 both count as equal.
+    probs = np.concatenate([np.full((3, 100), 0.95, np.float32), np.full((3, 10), 0.87, np.float32),
+                            np.full((3, 300), 0.01, np.float32)], axis=1)
+    truth = np.concatenate([np.ones((3, 100), bool), np.zeros((3, 310), bool)], axis=1)
+    cases = [CaseVoxels("GLI", probs, truth, np.ones(3, bool))]
+    plain = choose_thresholds(cases, min_gain=0.06, start=[0.85, 0.85, 0.85])
+    assert plain["threshold"][0] == 0.85 and "WT volume" not in plain["table"]  # no gain of 0.06: stays
+    tied = choose_thresholds(cases, min_gain=0.06, start=[0.85, 0.85, 0.85], volume_ties=True)
+    assert tied["threshold"][0] == 0.9 and tied["volume_ties"]  # as good by Dice, and the volume is right
+    k = tied["candidates"].index(0.85)
+    assert tied["table"]["WT volume"][k] == pytest.approx(np.log(111 / 101), abs=1e-4)
+    assert tied["table"]["WT volume"][tied["candidates"].index(0.9)] == pytest.approx(0.0)
