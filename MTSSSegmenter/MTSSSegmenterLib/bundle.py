@@ -121,10 +121,12 @@ class Bundle:
         """Decision threshold per region (WT, TC, ET) with all inputs; see :func:`region_thresholds`."""
         return region_thresholds(self.meta)
 
-    def thresholds_for(self, present: Iterable[str], slice_mm: float | None = None) -> tuple[float, float, float]:
-        """Decision threshold per region for this set of inputs (its own when calibrated for it), and for
-        series whose thickest voxel side is ``slice_mm`` (see :func:`region_thresholds`)."""
-        return region_thresholds(self.meta, present, slice_mm)
+    def chosen_thresholds(self, present: Iterable[str], slice_mm: float | None = None
+                          ) -> tuple[tuple[float, float, float], bool]:
+        """Decision threshold per region for this set of inputs (its own when calibrated for it) and series
+        whose thickest voxel side is ``slice_mm``, and whether they are a thick-slice set
+        (:func:`chosen_thresholds`)."""
+        return chosen_thresholds(self.meta, present, slice_mm)
 
     def card(self) -> str:
         """A short human-readable model card (for tooltips and ``--json`` summaries)."""
@@ -190,17 +192,25 @@ def region_thresholds(meta: dict[str, Any], present: Iterable[str] | None = None
     network's probabilities spread further than on the 1 mm grids the other thresholds were chosen on. An
     input subset without its own thick-slice set keeps its ordinary set. Every entry is checked whatever
     ``present`` and ``slice_mm`` are."""
+    return chosen_thresholds(meta, present, slice_mm)[0]
+
+
+def chosen_thresholds(meta: dict[str, Any], present: Iterable[str] | None = None,
+                      slice_mm: float | None = None) -> tuple[tuple[float, float, float], bool]:
+    """:func:`region_thresholds`, and whether they are a thick-slice set (an input subset without its own
+    thick-slice set keeps its ordinary one: False)."""
     inference = meta.get("inference") or {}
     default, chosen = _threshold_sets(inference, "inference.")
+    key = None if present is None or set(present) == set(MODALITY_CODES) else subset_key(present)
     limit = thick_slice_limit(meta)
     if limit is not None:
         thick_default, thick_chosen = _threshold_sets(inference["thick_slices"], "inference.thick_slices.")
         if slice_mm is not None and slice_mm >= limit:
-            if present is None or set(present) == set(MODALITY_CODES):
-                return thick_default
-            key = subset_key(present)
-            return thick_chosen.get(key, chosen.get(key, default))
-    return chosen.get(subset_key(present), default) if present is not None else default
+            if key is None:
+                return thick_default, True
+            if key in thick_chosen:
+                return thick_chosen[key], True
+    return (default if key is None else chosen.get(key, default)), False
 
 
 MIRROR_AXES: dict[str, int] = {"SI": 0, "AP": 1, "LR": 2}  # axes of the canonical LPS (z, y, x) arrays

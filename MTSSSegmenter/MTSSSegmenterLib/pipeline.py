@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .bundle import Bundle, find_bundle, load_bundle, mirror_axes, thick_slice_limit
+from .bundle import Bundle, find_bundle, load_bundle, mirror_axes
 from .clinical import brain_on_grid, isotropic_grid, prepare_study, restore_on_grid
 from .constants import LABELS, MODALITY_CODES, REGIONS, modality, reference_modality
 from .errors import Cancelled, InputError
@@ -156,8 +156,7 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
     timings["network"] = time.perf_counter() - t
     _notify(progress, "finishing", 0.0)
     t = time.perf_counter()
-    threshold = bundle.thresholds_for(case.present, thickest)
-    limit = thick_slice_limit(bundle.meta)
+    threshold, thick = bundle.chosen_thresholds(case.present, thickest)
     grid = Grid.of(images[case.reference]) if output_spacing is None else isotropic_grid(images[case.reference],
                                                                                            output_spacing)
     label = restore(probs, case, threshold) if output_spacing is None else restore_on_grid(probs, case, grid,
@@ -171,7 +170,7 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
                "canonical_mapping": "exact" if case.frame.exact else "resampled (oblique input)",
                "test_time_mirroring": list(bundle.meta["inference"].get("mirror") or []),
                "thickest_slice_mm": round(thickest, 2), "thresholds": [float(t) for t in threshold],
-               "thick_slice_thresholds": limit is not None and thickest >= limit,
+               "thick_slice_thresholds": thick,
                "output_grid": "reference" if output_spacing is None else f"isotropic {output_spacing:g} mm",
                **study.summary()}
     return SegmentationResult(label, case.reference, label_volumes_ml(label), timings, str(ran_on), bundle.name,

@@ -347,7 +347,7 @@ def test_a_start_other_than_half_is_kept_unless_another_threshold_beats_it():
 
 
 def test_thick_slice_thresholds_hold_from_their_slice_thickness_and_are_checked():
-    from MTSSSegmenterLib.bundle import model_card, thick_slice_limit
+    from MTSSSegmenterLib.bundle import chosen_thresholds, model_card, thick_slice_limit
 
     meta = {"inference": {"threshold": [0.85, 0.9, 0.9], "subset_thresholds": {"t1c": [0.5, 0.85, 0.5],
                                                                                 "t1c,t2f": [0.8, 0.8, 0.8]},
@@ -360,6 +360,10 @@ def test_thick_slice_thresholds_hold_from_their_slice_thickness_and_are_checked(
     assert region_thresholds(meta, ("t1c",), 5.0) == (0.6, 0.9, 0.5)  # its own thick-slice set
     assert region_thresholds(meta, ("t1c", "t2f"), 5.0) == (0.8, 0.8, 0.8)  # none: the subset's ordinary set
     assert region_thresholds(meta, ("t2w",), 5.0) == (0.85, 0.9, 0.9)
+    assert chosen_thresholds(meta, four, 5.0) == ((0.95, 0.9, 0.9), True)
+    assert chosen_thresholds(meta, ("t1c",), 5.0) == ((0.6, 0.9, 0.5), True)
+    assert chosen_thresholds(meta, ("t1c", "t2f"), 5.0) == ((0.8, 0.8, 0.8), False)  # not a thick-slice set
+    assert chosen_thresholds(meta, four, 3.0) == ((0.85, 0.9, 0.9), False)
     assert "Series with slices of 4 mm or more: thresholds WT/TC/ET 0.95/0.9/0.9" in model_card(meta, "m")
     for thick, match in (({"threshold": 0.9}, "min_slice_mm"), ({"min_slice_mm": -1, "threshold": 0.9}, "min_slice_mm"),
                          ({"min_slice_mm": 4, "threshold": [0.9, 1.2, 0.9]}, r"thick_slices\.threshold must be"),
