@@ -16,18 +16,20 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from MTSSSegmenterLib.constants import MODALITY_CODES, REGION_CODES
 from MTSSSegmenterLib.errors import MTSSError
-from MTSSSegmenterLib.io import read_image, read_labels
+from MTSSSegmenterLib.io import find_case_files, read_image, read_labels
 from MTSSSegmenterLib.clinical import prepare_study
 from MTSSSegmenterLib.preprocess import PreparedCase, prepare_case, reference_modality, validate_inputs
 
+from .aligned_labels import aligned_label_source, label_fractions, source_digest
 from .data import BrokenCase, CaseRecord
+from .synth.cohort import ACQUISITION_FILE, ALIGNED_FOLDER
 from .distributed import DistContext
 
 log = logging.getLogger(__name__)
@@ -91,26 +93,31 @@ def from_prepared(name: str, population: str, prepared: PreparedCase,
                       prepared.fractions.astype(np.uint8))
 
 
-def prepare_record(record: CaseRecord, preprocessing: dict[str, Any]) -> CachedCase:
+def prepare_record(record: CaseRecord, preprocessing: dict[str, Any], aligned_labels: bool = False) -> CachedCase:
     """Read and prepare one case from its files (raises :class:`MTSSError` or OSError when it cannot).
 
     The case goes through what ``mtss segment`` does before the network: :func:`prepare_study` registers
     series on their own grids to the reference (a clinical study, e.g. ``mtss synth --clinical``; its label
     map lies on the reference's grid), detects a skull and extracts the brain, then :func:`prepare_case`.
     Skull-stripped cases on one grid pass through unchanged (no transforms, their foreground is the brain).
+    With ``aligned_labels``, a synthetic clinical study's soft targets come from the aligned label map it was
+    drawn from (:mod:`.aligned_labels`) instead of its thick-slice label map.
     """
     images = validate_inputs({code: read_image(path, f"{record.name} {code}") for code, path in record.files.items()})
     seg = read_labels(record.seg) if record.seg else None
     ref = reference_modality(images)
+    source = aligned_label_source(record.folder, ref) if aligned_labels and seg is not None else None
     images, transforms, brain, _ = prepare_study(images, ref)
     prepared = prepare_case(images, preprocessing, seg=seg, reference=ref, transforms=transforms, brain_mask=brain)
+    if source is not None:
+        prepared = replace(prepared, fractions=label_fractions(*source, prepared))
     return from_prepared(record.name, record.population, prepared, record.labels)
 
 
-def _prepare_or_report(args: tuple[CaseRecord, dict[str, Any]]) -> CachedCase | BrokenCase:
-    record, preprocessing = args
+def _prepare_or_report(args: tuple[CaseRecord, dict[str, Any], bool]) -> CachedCase | BrokenCase:
+    record, preprocessing, aligned_labels = args
     try:
-        return prepare_record(record, preprocessing)
+        return prepare_record(record, preprocessing, aligned_labels)
     except (MTSSError, OSError, RuntimeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         return BrokenCase(record.name, str(record.folder), f"cannot be prepared: {reason}")
@@ -122,9 +129,10 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _prepare_all(todo: list[tuple[CaseRecord, list[Any] | None]], preprocessing: dict[str, Any], workers: int):
+def _prepare_all(todo: list[tuple[CaseRecord, list[Any] | None]], preprocessing: dict[str, Any], workers: int,
+                 aligned_labels: bool = False):
     """Yield ``(record, stamp, CachedCase or BrokenCase)`` in order, over a process pool when ``workers`` > 1."""
-    jobs = [(record, preprocessing) for record, _ in todo]
+    jobs = [(record, preprocessing, aligned_labels) for record, _ in todo]
     if workers <= 1 or len(todo) <= 1:
         results = map(_prepare_or_report, jobs)
         for (record, stamp), result in zip(todo, results):
@@ -139,8 +147,12 @@ def _prepare_all(todo: list[tuple[CaseRecord, list[Any] | None]], preprocessing:
             yield record, stamp, result
 
 
-def _stamp(record: CaseRecord) -> list[Any]:
+def _stamp(record: CaseRecord, aligned_labels: bool = False) -> list[Any]:
     files = sorted(record.files.items()) + ([("seg", record.seg)] if record.seg else [])
+    if aligned_labels and (Path(record.folder) / ACQUISITION_FILE).is_file():  # what aligned_label_source reads
+        _, aligned_seg = find_case_files(Path(record.folder) / ALIGNED_FOLDER)
+        files += [("acquisition", Path(record.folder) / ACQUISITION_FILE)] + ([("aligned-seg", aligned_seg)]
+                                                                              if aligned_seg else [])
     out: list[Any] = []
     for key, path in files:
         st = Path(path).stat()
@@ -189,16 +201,22 @@ class CaseCache:
         budget_bytes: RAM for arrays; None: :func:`default_budget`.
         persist: write every prepared case to ``folder`` (not only those beyond the budget), so that other
             runs with the same preprocessing find it there (checked against the files' size and time).
+        aligned_labels: soft targets of synthetic clinical studies from the aligned label map they were drawn
+            from (:mod:`.aligned_labels`); a cache folder of its own.
     """
 
     def __init__(self, preprocessing: dict[str, Any], folder: str | Path | None = None,
-                 budget_bytes: int | None = None, dist: DistContext | None = None, persist: bool = False) -> None:
+                 budget_bytes: int | None = None, dist: DistContext | None = None, persist: bool = False,
+                 aligned_labels: bool = False) -> None:
         self.preprocessing = dict(preprocessing)
+        self.aligned_labels = aligned_labels
         self.persist = persist and folder is not None
         self.dist = dist or DistContext()
         self.budget = default_budget(self.dist.world) if budget_bytes is None else int(budget_bytes)
-        key = hashlib.sha256(json.dumps([CACHE_VERSION, preparation_fingerprint(), self.preprocessing],
-                                        sort_keys=True).encode()).hexdigest()[:12]
+        keyed: list[Any] = [CACHE_VERSION, preparation_fingerprint(), self.preprocessing]
+        if aligned_labels:
+            keyed.append(["aligned-labels", source_digest()])
+        key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
         self.folder = Path(folder) / key if folder is not None else None
         self._memory: dict[str, CachedCase] = {}
         self._disk: dict[str, tuple[str, np.ndarray, np.ndarray, tuple[float, float, float]]] = {}
@@ -227,7 +245,7 @@ class CaseCache:
             if record.name in self._memory:
                 continue
             try:
-                stamp = _stamp(record)
+                stamp = _stamp(record, self.aligned_labels)
             except OSError as exc:
                 broken.append(BrokenCase(record.name, str(record.folder), f"cannot be read: {exc}"))
                 continue
@@ -236,7 +254,7 @@ class CaseCache:
                     self._load_disk(record.name)
                 continue
             todo.append((record, stamp))
-        for i, (record, stamp, result) in enumerate(_prepare_all(todo, self.preprocessing, workers)):
+        for i, (record, stamp, result) in enumerate(_prepare_all(todo, self.preprocessing, workers, self.aligned_labels)):
             if progress:
                 progress(i, len(todo))
             if isinstance(result, BrokenCase):

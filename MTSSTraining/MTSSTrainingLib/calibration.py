@@ -281,9 +281,11 @@ def calibrate_run(run_dir: str | Path, device: str = "auto", min_gain: float = M
     if not names:
         raise InputError(f"Run '{run}' has no validation case left in {', '.join(config.data)} to calibrate on "
                          "(trained with --val-fraction 0, or the data moved).")
-    key = json.dumps([config.preprocessing(), config.cache_dir], sort_keys=True)
+    aligned_labels = bool(config.augment.get("aligned_labels"))  # the training run's cache folder
+    key = json.dumps([config.preprocessing(), config.cache_dir, aligned_labels], sort_keys=True)
     caches = {} if caches is None else caches
-    cache = caches.setdefault(key, CaseCache(config.preprocessing(), config.cache_dir, budget_bytes=None))
+    cache = caches.setdefault(key, CaseCache(config.preprocessing(), config.cache_dir, budget_bytes=None,
+                                             aligned_labels=aligned_labels))
     broken = cache.fill(index.select(names))
     names = [n for n in names if n in cache]
     if broken:

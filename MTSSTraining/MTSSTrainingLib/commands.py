@@ -114,6 +114,10 @@ def _training_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--soft-targets", action="store_true",
                    help="train on the share of each working voxel that each region covers in the label map instead "
                         "of nearest-neighbour labels (keeps thin enhancing rims at a coarse working spacing)")
+    p.add_argument("--aligned-labels", action="store_true",
+                   help="with --soft-targets: take the shares of a synthetic clinical study (mtss synth --clinical) from "
+                        "the aligned label map it was drawn from, through the drawn head motion, instead of its "
+                        "thick-slice label map")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep the 0.5 decision threshold instead of choosing one per region on the validation cases")
     p.add_argument("--mirror", type=parse_mirror, default=[], metavar="AXES",
@@ -181,6 +185,8 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
     from .evaluate import parse_modalities
 
     subsets = [parse_modalities(text) for text in args.val_subsets]
+    if args.aligned_labels and not args.soft_targets:
+        raise InputError("--aligned-labels changes the soft targets of clinical studies; add --soft-targets.")
     return TrainConfig(command=command, data=list(args.data), out=args.output, network=network, epochs=args.epochs,
                        steps_per_epoch=args.steps_per_epoch, patch=tuple(args.patch), batch=args.batch, lr=args.lr,
                        schedule=args.schedule, device=args.device, amp=args.amp, seed=args.seed, workers=args.workers,
@@ -188,7 +194,8 @@ def _config(args: argparse.Namespace, command: str, **extra: Any) -> Any:
                        cache_gb=args.cache_gb, cache_dir=args.cache_dir, time_limit_min=args.time_limit_min, modality_dropout=dropout, name=args.name, val_subsets=subsets,
                        calibrate=args.calibrate, mirror=args.mirror,
                        augment={**_clinical_augment(args.clinical_augment),
-                                **({"soft_targets": True} if args.soft_targets else {})}, **extra)
+                                **({"soft_targets": True} if args.soft_targets else {}),
+                                **({"aligned_labels": True} if args.aligned_labels else {})}, **extra)
 
 
 def _clinical_augment(p: float) -> dict[str, Any]:

@@ -211,7 +211,7 @@ class Trainer:
                                  f"but this run works at {c.spacing} mm; prepare them with config.preprocessing().")
         else:
             cache = CaseCache(c.preprocessing(), c.cache_dir or self.run_dir / "cache", budget, self.dist,
-                              persist=c.cache_dir is not None)
+                              persist=c.cache_dir is not None, aligned_labels=bool(c.augment.get("aligned_labels")))
         records = index.select(split.train + split.val)
         self._notify(stage="preparing", fraction=0.0, message=f"{len(records)} cases")
         broken = cache.fill(records, lambda i, n: self._notify(stage="preparing", fraction=i / max(n, 1),

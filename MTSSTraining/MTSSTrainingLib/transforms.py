@@ -69,6 +69,7 @@ class AugmentConfig:
     bias_prob: float = 0.0  # per series: a smooth multiplicative bias field
     bias_strength: float = 0.3  # log-field standard deviation
     soft_targets: bool = False  # region shares of each voxel instead of nearest-neighbour labels
+    aligned_labels: bool = False  # shares of synthetic clinical studies from their aligned label map (cache.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
