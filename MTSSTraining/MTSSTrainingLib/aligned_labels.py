@@ -35,6 +35,24 @@ def source_digest() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
+def _aligned_seg(folder: Path) -> Path | None:
+    aligned = Path(folder) / ALIGNED_FOLDER
+    try:
+        return find_case_files(aligned)[1] if aligned.is_dir() else None
+    except InputError:  # no images there
+        return None
+
+
+def source_files(folder: Path) -> list[Path]:
+    """The files :func:`aligned_label_source` reads for the study in ``folder`` (none for other cases): a
+    prepared-case cache checks them for changes."""
+    acquisition = Path(folder) / ACQUISITION_FILE
+    if not acquisition.is_file():
+        return []
+    seg = _aligned_seg(folder)
+    return [acquisition] + ([seg] if seg else [])
+
+
 def aligned_label_source(folder: Path, reference: str) -> tuple[sitk.Image, sitk.Transform] | None:
     """The aligned label map of a synthetic clinical study and the transform from the ``reference`` series'
     physical space into it; None when ``folder`` is not such a study.
@@ -46,7 +64,6 @@ def aligned_label_source(folder: Path, reference: str) -> tuple[sitk.Image, sitk
         return None
     try:
         info = json.loads(acquisition.read_text(encoding="utf-8"))
-        aligned = Path(folder) / str(info.get("aligned", f"{ALIGNED_FOLDER}/"))
         grid = info["label_grid"]
         entry = info["series"][reference]
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -55,10 +72,10 @@ def aligned_label_source(folder: Path, reference: str) -> tuple[sitk.Image, sitk
     if grid != reference:
         raise InputError(f"{acquisition}: the label map lies on the '{grid}' series but the study's reference is "
                          f"'{reference}'; train without --aligned-labels.")
-    _, seg_path = find_case_files(aligned) if aligned.is_dir() else ({}, None)
+    seg_path = _aligned_seg(folder)
     if seg_path is None:
-        raise InputError(f"{acquisition} names an aligned case in {aligned}, but it has no label map; regenerate "
-                         "the study with `mtss synth --clinical` or train without --aligned-labels.")
+        raise InputError(f"{acquisition} comes with no aligned label map in {Path(folder) / ALIGNED_FOLDER}; "
+                         "regenerate the study with `mtss synth --clinical` or train without --aligned-labels.")
     motion = transform_from_params(entry)  # aligned -> series
     return read_labels(seg_path), motion.GetInverse()
 
@@ -91,4 +108,4 @@ def label_fractions(label: sitk.Image, transform: sitk.Transform, case: Prepared
     return (np.clip(np.stack(out), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-__all__ = ["aligned_label_source", "label_fractions", "source_digest"]
+__all__ = ["aligned_label_source", "label_fractions", "source_digest", "source_files"]

@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 from MTSSSegmenterLib.constants import MODALITY_CODES, REGION_CODES
 from MTSSSegmenterLib.errors import MTSSError
-from MTSSSegmenterLib.io import find_case_files, read_image, read_labels
+from MTSSSegmenterLib.io import read_image, read_labels
 from MTSSSegmenterLib.clinical import prepare_study
 from MTSSSegmenterLib.preprocess import PreparedCase, prepare_case, reference_modality, validate_inputs
 
-from .aligned_labels import aligned_label_source, label_fractions, source_digest
+from .aligned_labels import aligned_label_source, label_fractions, source_digest, source_files
 from .data import BrokenCase, CaseRecord
-from .synth.cohort import ACQUISITION_FILE, ALIGNED_FOLDER
 from .distributed import DistContext
 
 log = logging.getLogger(__name__)
@@ -149,10 +148,8 @@ def _prepare_all(todo: list[tuple[CaseRecord, list[Any] | None]], preprocessing:
 
 def _stamp(record: CaseRecord, aligned_labels: bool = False) -> list[Any]:
     files = sorted(record.files.items()) + ([("seg", record.seg)] if record.seg else [])
-    if aligned_labels and (Path(record.folder) / ACQUISITION_FILE).is_file():  # what aligned_label_source reads
-        _, aligned_seg = find_case_files(Path(record.folder) / ALIGNED_FOLDER)
-        files += [("acquisition", Path(record.folder) / ACQUISITION_FILE)] + ([("aligned-seg", aligned_seg)]
-                                                                              if aligned_seg else [])
+    if aligned_labels:
+        files += [("aligned-label-source", path) for path in source_files(record.folder)]
     out: list[Any] = []
     for key, path in files:
         st = Path(path).stat()

@@ -121,6 +121,11 @@ def test_a_broken_acquisition_record_leaves_the_study_out_with_the_reason(study,
     assert [b.name for b in broken] == [study.name] and "acquisition.json" in broken[0].reason
     # the same study without --aligned-labels still trains on its own label map
     assert CaseCache(PREP, None, budget_bytes=1 << 30).fill([record]) == []
+    # an acquisition record without its aligned case: left out with the reason, not a crash
+    (folder / "acquisition.json").write_text((study.folder / "acquisition.json").read_text())
+    shutil.rmtree(folder / "aligned")
+    broken = CaseCache(PREP, None, budget_bytes=1 << 30, aligned_labels=True).fill([record])
+    assert [b.name for b in broken] == [study.name] and "no aligned label map" in broken[0].reason
 
 
 def test_aligned_labels_have_a_cache_folder_of_their_own(tmp_path):
