@@ -117,13 +117,13 @@ def choose_thresholds(cases: Sequence[CaseVoxels], candidates: Sequence[float] =
             parents = [m & (c.probs[k] >= t) for m, c in zip(parents, cases)]
         scores, bias = [], []
         for t in candidates:
-            rows = [(c.population, dice((m & (c.probs[r] >= t))[:, None, None], c.truth[r][:, None, None])
-                     if c.labelled[r] else math.nan) for m, c in zip(parents, cases)]  # voxel lists as 3-D
+            predicted = [m & (c.probs[r] >= t) for m, c in zip(parents, cases)]
+            rows = [(c.population, dice(p[:, None, None], c.truth[r][:, None, None])
+                     if c.labelled[r] else math.nan) for p, c in zip(predicted, cases)]  # voxel lists as 3-D
             scores.append(_macro(rows))
             if volume_ties:
-                bias.append(_macro([(c.population, math.log((np.count_nonzero(m & (c.probs[r] >= t)) + 1)
-                                                            / (np.count_nonzero(c.truth[r]) + 1))
-                                     if c.labelled[r] else math.nan) for m, c in zip(parents, cases)]))
+                bias.append(_macro([(c.population, math.log((np.count_nonzero(p) + 1) / (np.count_nonzero(c.truth[r]) + 1))
+                                     if c.labelled[r] else math.nan) for p, c in zip(predicted, cases)]))
         table[region] = [None if not math.isfinite(s) else round(s, 4) for s in scores]  # type: ignore[misc]
         if volume_ties:
             table[f"{region} volume"] = [None if not math.isfinite(b) else round(b, 4) for b in bias]  # type: ignore[misc]
