@@ -138,8 +138,8 @@ class MTSSSegmenterParameterNode:
     The four input volumes (any may be empty), the output segmentation (empty = create one), the model
     bundle folder (empty = default), the device (auto, cpu, cuda[:N]) and the options passed to the logic:
     registerSeries (checked: register the series when their grids differ; unchecked: never),
-    applyRegistrationTransforms (put the registered series under their transforms), biasCorrection (N4) and
-    brainMask (add the brain mask as a segment).
+    applyRegistrationTransforms (put the registered series under their transforms), biasCorrection (checked: N4
+    of the series when they are registered; unchecked: never) and brainMask (add the brain mask as a segment).
     """
 
     t1nVolume: vtkMRMLScalarVolumeNode
@@ -152,7 +152,7 @@ class MTSSSegmenterParameterNode:
     showRegions: bool = False
     registerSeries: bool = True
     applyRegistrationTransforms: bool = False
-    biasCorrection: bool = False
+    biasCorrection: bool = True
     brainMask: bool = False
 
     def inputVolumes(self) -> dict:
@@ -323,8 +323,8 @@ class MTSSSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        "applyTransforms": p.registerSeries and p.applyRegistrationTransforms}
             if not p.registerSeries:
                 options["register"] = False  # checked: None, i.e. register when the grids differ
-            if p.biasCorrection:
-                options["n4"] = True
+            if not p.biasCorrection:
+                options["n4"] = False  # checked: None, i.e. N4 when the series are registered
             self.ui.logTextEdit.clear()
             self._logLinesShown = 0
             self._job = self.logic.process(p.inputVolumes(), p.outputSegmentation, p.modelPath or None, p.device,

@@ -60,7 +60,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", help="modality whose grid the result lies on (default t1c>t1n>t2w>t2f)")
     p.add_argument("--no-register", action="store_true",
                    help="do not register the series to the reference (default: registered when their grids differ)")
-    p.add_argument("--n4", action="store_true", help="N4 bias-field correction of every series first")
+    p.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None,
+                   help="N4 bias-field correction of every series first (default: when the series are registered)")
     p.add_argument("--brain-mask", metavar="OUT", help="also write the brain mask the model saw (uint8, label grid)")
     p.add_argument("--output-spacing", type=float, metavar="MM",
                    help="write the label map on an isotropic MM grid aligned with the reference")

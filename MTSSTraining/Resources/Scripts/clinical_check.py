@@ -64,7 +64,7 @@ def registration_errors(found: dict | str | None, params: dict, brain: sitk.Imag
 
 
 def check_case(folder: Path, model: str, draws: int, seed: int, out: Path, overlay: bool,
-               output_spacing: float | None = None) -> list[dict]:
+               output_spacing: float | None = None, n4: bool = False) -> list[dict]:
     found, seg_path = find_case_files(folder)
     images = {code: read_image(path, code) for code, path in found.items()}
     truth = sitk.ReadImage(str(seg_path), sitk.sitkUInt8) if seg_path else None
@@ -83,7 +83,7 @@ def check_case(folder: Path, model: str, draws: int, seed: int, out: Path, overl
         skull = synthetic_head(brain, rng) if k % 2 == 0 else None
         series, _, params = clinical_acquisition(images, seg_in, rng, skull=skull, spacing_range=(4.0, 6.0))
         t = time.perf_counter()
-        clin = segment(series, model=model, device="cpu", output_spacing=output_spacing)
+        clin = segment(series, model=model, device="cpu", output_spacing=output_spacing, n4=n4)
         t_clin = time.perf_counter() - t
         # The clinical label lies on the t1c series' grid; bring it back onto the aligned grid through the
         # t1c series' known motion (aligned point p sits at T(p) in the series).
@@ -138,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-spacing", type=float, default=None, metavar="MM",
                     help="segment the clinical draws with `--output-spacing MM` (the label map, and so the volume, "
                          "on an isotropic grid instead of the t1c series' thick slices)")
+    ap.add_argument("--n4", action="store_true",
+                    help="segment the clinical draws with N4 bias-field correction (`mtss segment --n4`)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, folder in enumerate(args.cases):
         rows += check_case(folder, args.model, args.draws, args.seed + i, args.out, overlay=i == 0,
-                           output_spacing=args.output_spacing)
+                           output_spacing=args.output_spacing, n4=args.n4)
     ratios = [r["volume_ratio"] for r in rows if r["volume_ratio"] is not None]
     within = sum(abs(v - 1) <= 0.15 for v in ratios)
     summary = {"draws": len(rows), "within_15_percent": within,

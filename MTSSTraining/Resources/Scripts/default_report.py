@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.clinical and (args.clinical / "clinical_check.md").is_file():
         L += ["", "## Clinical acquisitions (skull on, 4-6 mm oblique series, head motion, bias)", "",
               "Each case segmented as BraTS-preprocessed images and as clinical draws of the same images "
-              "(`clinical_check.py`: one `segment` call with registration, skull detection and brain extraction).",
+              "(`clinical_check.py`: one `segment` call with N4, registration, skull detection and brain "
+              "extraction).",
               "", (args.clinical / "clinical_check.md").read_text().strip()]
         for png in sorted(args.clinical.glob("clinical_*.png"))[:1]:
             shutil.copy2(png, b / png.name)
