@@ -64,7 +64,7 @@ def registration_errors(found: dict | str | None, params: dict, brain: sitk.Imag
 
 
 def check_case(folder: Path, model: str, draws: int, seed: int, out: Path, overlay: bool,
-               output_spacing: float | None = None, n4: bool = False) -> list[dict]:
+               output_spacing: float | None = None, n4: bool | None = None) -> list[dict]:
     found, seg_path = find_case_files(folder)
     images = {code: read_image(path, code) for code, path in found.items()}
     truth = sitk.ReadImage(str(seg_path), sitk.sitkUInt8) if seg_path else None
@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-spacing", type=float, default=None, metavar="MM",
                     help="segment the clinical draws with `--output-spacing MM` (the label map, and so the volume, "
                          "on an isotropic grid instead of the t1c series' thick slices)")
-    ap.add_argument("--n4", action="store_true",
-                    help="segment the clinical draws with N4 bias-field correction (`mtss segment --n4`)")
+    ap.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None,
+                    help="force N4 bias-field correction of the clinical draws on or off (default: as `mtss "
+                         "segment` does, on for the registered series of a clinical draw)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
