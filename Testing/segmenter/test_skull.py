@@ -63,6 +63,18 @@ def test_skull_stripped_images_are_recognised(brats, clinical):
 
 
 @requires_real
+def test_a_small_stripped_brain_is_not_taken_for_a_head(brats):
+    # A child's brain: its ventricles and sulci lie 15-20 mm under the surface, where an adult's skull
+    # would be looked for; scaled to 0.75 (about 0.7 L) the real brain was taken for a head in FLAIR (and a
+    # synthetic paediatric test case in T1, whose tumour the brain extraction then cut away).
+    for code, img in brats.items():
+        small = sitk.Image(img)
+        small.SetSpacing([0.75 * s for s in img.GetSpacing()])
+        ev = skull_evidence(small)
+        assert ev.stripped, (code, ev)
+
+
+@requires_real
 def test_skull_on_images_are_recognised_even_on_part_of_the_head(clinical):
     _, skull_on, _ = clinical
     for code, img in skull_on.items():
@@ -105,6 +117,12 @@ def test_real_colin27_head_and_its_brain():
     bet = sitk.ReadImage(str(COLIN / "ch2bet.nii.gz"), sitk.sitkFloat32)
     assert not is_skull_stripped(head)
     assert is_skull_stripped(bet)
+    # the better-stripped brain keeps its sulcal CSF, and the top half of a brain has darker deep tissue at
+    # its cut: neither is a skull (both were taken for one before the dark layer and the dip had to lie
+    # above brighter tissue 4-20 mm under the surface)
+    assert is_skull_stripped(sitk.ReadImage(str(COLIN / "ch2better.nii.gz"), sitk.sitkFloat32))
+    n = bet.GetSize()[2]
+    assert is_skull_stripped(bet[:, :, n // 2:])
     mask, _ = brain_mask(head)
     truth = sitk.Cast(bet > 0, sitk.sitkUInt8)
     assert dice(mask, truth) > 0.93
