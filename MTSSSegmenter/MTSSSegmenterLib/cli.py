@@ -109,7 +109,9 @@ def _print_study(details: dict[str, Any]) -> None:
     elif reg is not None:
         print(f"Registration: {reg}")
     if details.get("skull_detected") is not None:
-        print("Skull: " + ("detected, brain extracted" if details["skull_detected"] else "stripped (brain only)"))
+        brain = details.get("extracted_brain_ml")
+        print("Skull: " + (f"detected, brain extracted{f' ({brain:.0f} mL)' if brain is not None else ''}"
+                           if details["skull_detected"] else "stripped (brain only)"))
     if "working_spacing_mm" in details:
         print("Working resolution (mm): " + " x ".join(f"{v:g}" for v in details["working_spacing_mm"]))
     if details.get("test_time_mirroring"):

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 MAX_SLICE_MM = 6.0  # coarser series are flagged as too low a resolution
 MIN_COVERAGE = 0.9  # a series seeing less of the brain is flagged
+# An extracted brain smaller than this (mL), or than this fraction of the head, lost tissue: a newborn's brain
+# is about 0.35 L, a one-year-old's 0.9 L, and the brain is about half of a skull-on head's foreground.
+MIN_BRAIN_ML = 500.0
+MIN_BRAIN_FRACTION = 0.2
 
 
 @dataclass
@@ -40,6 +44,7 @@ class StudyReport:
     n4: bool = False
     coverage: dict[str, float] = field(default_factory=dict)
     spacing_mm: dict[str, list[float]] = field(default_factory=dict)
+    brain_ml: float | None = None  # the brain the network is given when the skull was on
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -54,6 +59,8 @@ class StudyReport:
         }
         if self.skull is not None:
             out["skull"] = self.skull.summary()
+        if self.brain_ml is not None:
+            out["extracted_brain_ml"] = round(self.brain_ml, 1)
         return out
 
 
@@ -92,6 +99,12 @@ def input_warnings(images: dict[str, sitk.Image], report: StudyReport) -> list[s
     for code, reg in report.registrations.items():
         if reg.warning:
             out.append(reg.warning)
+    skull = report.skull
+    if skull is not None and not skull.stripped and report.brain_ml is not None and (
+            report.brain_ml < MIN_BRAIN_ML or report.brain_ml < MIN_BRAIN_FRACTION * skull.head_ml):
+        out.append(f"A skull was detected and brain extraction kept only {report.brain_ml:.0f} mL of a "
+                   f"{skull.head_ml:.0f} mL head: brain (and tumour) may have been cut away. Look at the brain "
+                   "mask (--brain-mask OUT; in Slicer, 'Also output a brain mask') before trusting the result.")
     return out
 
 
@@ -147,6 +160,9 @@ def prepare_study(images: dict[str, sitk.Image], reference: str, register: bool 
     t = time.perf_counter()
     mask, evidence = brain_mask(images, reference, transforms, stripped_mask=resampled)
     report.skull = evidence
+    if mask is not None and not evidence.stripped:
+        report.brain_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * float(
+            np.prod(mask.GetSpacing())) / 1000.0
     timings["brain_mask"] = time.perf_counter() - t
     coarse: sitk.Image | None = None
     for code, img in images.items():

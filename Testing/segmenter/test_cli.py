@@ -105,7 +105,8 @@ def test_demo_segments_the_sample_and_its_clinical_version(tmp_path):
     assert p.returncode == 0, p.stderr
     for code in ("t1n", "t2w", "t2f"):
         assert f"Registration: {code} rotation" in p.stdout
-    assert "Skull: detected" in p.stdout
+    brain_ml = float(p.stdout.split("Skull: detected, brain extracted (")[1].split(" mL)")[0])
+    assert 1200 < brain_ml < 1900, p.stdout  # the brain, not the head
     ratio = float(p.stdout.split("(ratio ")[1].split(")")[0])
     assert abs(ratio - 1) <= 0.15, p.stdout
     assert (tmp_path / "clinical-sample-overlay.png").is_file()

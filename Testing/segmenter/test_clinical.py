@@ -17,9 +17,10 @@ import SimpleITK as sitk
 import torch
 
 from MTSSSegmenterLib import pipeline
-from MTSSSegmenterLib.clinical import isotropic_grid
+from MTSSSegmenterLib.clinical import StudyReport, input_warnings, isotropic_grid
 from MTSSSegmenterLib.cli import main
 from MTSSSegmenterLib.geometry import Grid
+from MTSSSegmenterLib.skull import SkullEvidence
 from Testing.conftest import make_volume, requires_real
 
 
@@ -116,6 +117,7 @@ def test_summary_says_what_was_done(study):
     assert mask is not None and Grid.of(mask) == Grid.of(series["t1c"])
     ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * np.prod(mask.GetSpacing()) / 1000
     assert 1300 < ml < 2000  # the brain (1.64 L), not the head (> 3.5 L)
+    assert abs(d["extracted_brain_ml"] / ml - 1) < 0.02 and not [w for w in b.warnings if "kept only" in w]
 
 
 @requires_real
@@ -160,6 +162,18 @@ def test_unsuitable_inputs_are_flagged(tiny_bundle):
     assert "'t2w' has 7.2 mm voxels" in text
     assert "'t2f' covers only" in text and "'t2w' covers only" not in text
     assert r.details["registration"].startswith("off")
+
+
+def test_a_brain_extraction_that_kept_too_little_is_flagged():
+    # a stripped child's brain once taken for a head kept 157 mL of its 1169 mL, and lost its tumour
+    img = {"t1c": make_volume(seed=1)}
+    lost = StudyReport(registered=False, skull=SkullEvidence(False, 1169.0, 0.04, 0.003), brain_ml=157.0)
+    assert [w for w in input_warnings(img, lost) if "kept only 157 mL of a 1169 mL head" in w]
+    small_share = StudyReport(registered=False, skull=SkullEvidence(False, 4000.0, 0.2, 0.5), brain_ml=700.0)
+    assert [w for w in input_warnings(img, small_share) if "kept only 700 mL" in w]
+    for fine in (StudyReport(registered=False, skull=SkullEvidence(False, 3400.0, 0.2, 0.5), brain_ml=1500.0),
+                 StudyReport(registered=False, skull=SkullEvidence(True, 1169.0, 0.0, 0.0))):
+        assert not [w for w in input_warnings(img, fine) if "kept only" in w]
 
 
 def test_command_line_options(tiny_bundle, tmp_path, capsys):
