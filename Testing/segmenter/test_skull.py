@@ -74,6 +74,21 @@ def test_a_small_stripped_brain_is_not_taken_for_a_head(brats):
         assert ev.stripped, (code, ev)
 
 
+def test_a_stripped_t2w_series_alone_keeps_its_brain():
+    # synthetic T2w: bright cortex and CSF rim above darker white matter make a dip 4-20 mm deep as a skull
+    # does (0.14 and 0.18 here); a T2w series given alone is judged by its volume and dark layer
+    from MTSSSegmenterLib.io import image_from_nifti_array
+    from MTSSTrainingLib.synth.case import generate_case
+
+    for population, seed in (("SSA", 1), ("MET", 0)):
+        case = generate_case(population, seed, spacing=2.0)
+        t2w = image_from_nifti_array(case.images["t2w"], case.affine)
+        assert skull_evidence(t2w).valley > 0.05  # the dip that took it for a head
+        mask, evidence = brain_mask({"t2w": t2w})
+        assert evidence.stripped, (population, evidence)
+        assert dice(mask, sitk.Cast(t2w > 0, sitk.sitkUInt8)) > 0.95
+
+
 @requires_real
 def test_skull_on_images_are_recognised_even_on_part_of_the_head(clinical):
     _, skull_on, _ = clinical
