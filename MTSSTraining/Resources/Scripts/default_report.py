@@ -276,11 +276,12 @@ def thick_slice_lines(meta: dict) -> list[str]:
         return []
     L = ["", f"### Thresholds for series with slices of {found['min_slice_mm']:g} mm or more (shipped model)", "",
          f"Chosen by `mtss calibrate-thick-slices` on {found['n_cases']} clinical studies that no run trained on "
-         "(`mtss synth --clinical`, their own seed; registration and brain extraction as `mtss segment` does "
-         "them), each set starting from the ordinary thresholds for the same inputs"
-         + (": of the thresholds within 0.005 of the best macro Dice, the one whose volumes are least biased "
-            "against the label maps" if found.get("volume_ties") else ", moving only for a gain of at least "
-            "0.005 macro Dice") + ". The pipeline uses them when the thickest input series has voxels that large.", "",
+         "(`mtss synth --clinical`, their own seed; N4, registration and brain extraction as `mtss segment` "
+         "does them), each set starting from the ordinary thresholds for the same inputs"
+         + (": of the thresholds within 0.005 of the best macro Dice, the one whose volumes (voxels summed over "
+            "each population's studies) are least biased against the label maps" if found.get("volume_ties")
+            else ", moving only for a gain of at least 0.005 macro Dice")
+         + ". The pipeline uses them when the thickest input series has voxels that large.", "",
          "| inputs | WT / TC / ET threshold | clinical macro Dice WT / TC / ET at the ordinary thresholds | "
          "at these thresholds |", "|---|---|---|---|"]
     rows = [("all four", found)] + [(k.replace(",", "+"), c) for k, c in (found.get("subsets") or {}).items()]
