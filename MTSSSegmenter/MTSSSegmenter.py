@@ -139,7 +139,8 @@ class MTSSSegmenterParameterNode:
     bundle folder (empty = default), the device (auto, cpu, cuda[:N]) and the options passed to the logic:
     registerSeries (checked: register the series when their grids differ; unchecked: never),
     applyRegistrationTransforms (put the registered series under their transforms), biasCorrection (checked: N4
-    of the series when they are registered; unchecked: never) and brainMask (add the brain mask as a segment).
+    of the series when they are registered; unchecked: never), brainMask (add the brain mask as a segment) and
+    removeSmallComponents (checked: remove components below the model's minimum sizes; unchecked: keep all).
     """
 
     t1nVolume: vtkMRMLScalarVolumeNode
@@ -154,6 +155,7 @@ class MTSSSegmenterParameterNode:
     applyRegistrationTransforms: bool = False
     biasCorrection: bool = True
     brainMask: bool = False
+    removeSmallComponents: bool = True
 
     def inputVolumes(self) -> dict:
         return {m.code: getattr(self, f"{m.code}Volume") for m in MODALITIES}
@@ -325,6 +327,8 @@ class MTSSSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 options["register"] = False  # checked: None, i.e. register when the grids differ
             if not p.biasCorrection:
                 options["n4"] = False  # checked: None, i.e. N4 when the series are registered
+            if not p.removeSmallComponents:
+                options["keep_small_components"] = True
             self.ui.logTextEdit.clear()
             self._logLinesShown = 0
             self._job = self.logic.process(p.inputVolumes(), p.outputSegmentation, p.modelPath or None, p.device,

@@ -31,6 +31,7 @@ from .constants import LABELS, MODALITY_CODES, POPULATION_CODES, REGION_CODES
 from .errors import BundleError
 from .io import new_file_mode
 from .netconfig import NetworkConfig
+from .postprocess import min_component_sizes
 
 if TYPE_CHECKING:
     from .networks import SegNetwork
@@ -268,6 +269,13 @@ def model_card(meta: dict[str, Any], name: str) -> str:
     mirror = (meta.get("inference") or {}).get("mirror")
     if mirror:
         lines.append(f"Test-time mirroring: {', '.join(map(str, mirror))} ({2 ** len(mirror)} network passes)")
+    try:
+        sizes = min_component_sizes(meta)
+    except BundleError:
+        sizes = None
+    if sizes and any(sizes):
+        lines.append("Smallest components kept WT/TC/ET: " + "/".join(f"{v:g}" for v in sizes)
+                     + " mL (chosen on validation cases)")
     return "\n".join(lines)
 
 
@@ -349,6 +357,7 @@ def _validate_meta(meta: dict[str, Any], where: Path) -> None:
     try:
         region_thresholds(meta)
         mirror_axes(meta)
+        min_component_sizes(meta)
     except BundleError as exc:
         raise fail(f"'{META}': {exc}") from exc
 

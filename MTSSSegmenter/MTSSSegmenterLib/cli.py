@@ -65,6 +65,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--brain-mask", metavar="OUT", help="also write the brain mask the model saw (uint8, label grid)")
     p.add_argument("--output-spacing", type=float, metavar="MM",
                    help="write the label map on an isotropic MM grid aligned with the reference")
+    p.add_argument("--keep-small-components", action="store_true",
+                   help="keep every connected component (default: those below the model's minimum sizes, chosen "
+                        "on validation cases, are removed)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_segment)
 
@@ -79,6 +82,8 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    p.add_argument("--keep-small-components", action="store_true",
+                   help="keep every connected component (default: the model's minimum sizes apply)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_segment_batch)
 
@@ -100,6 +105,8 @@ def _print_result(result: Any, output: Path, as_json: bool) -> None:
 
 def _print_study(details: dict[str, Any]) -> None:
     """Registration, skull and resolution lines of the text summary."""
+    from .postprocess import describe_removed
+
     reg = details.get("registration")
     if isinstance(reg, dict):
         for code, r in reg.items():
@@ -116,6 +123,9 @@ def _print_study(details: dict[str, Any]) -> None:
         print("Working resolution (mm): " + " x ".join(f"{v:g}" for v in details["working_spacing_mm"]))
     if details.get("test_time_mirroring"):
         print("Test-time mirroring: " + ", ".join(details["test_time_mirroring"]))
+    removed = describe_removed(details)
+    if removed:
+        print(f"Small components removed: {removed} (--keep-small-components keeps them)")
     if details.get("thick_slice_thresholds"):
         print(f"Thresholds WT/TC/ET: {'/'.join(f'{t:g}' for t in details['thresholds'])}, the model's set for "
               f"thick slices (the thickest series has {details['thickest_slice_mm']:g} mm voxels)")
@@ -143,7 +153,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     try:
         result = segment(images, model=args.model, device=args.device, progress=bar, reference=args.reference,
                          register=False if args.no_register else None, n4=args.n4,
-                         brain_mask_out=bool(args.brain_mask), output_spacing=args.output_spacing)
+                         brain_mask_out=bool(args.brain_mask), output_spacing=args.output_spacing,
+                         keep_small_components=args.keep_small_components)
     finally:
         bar.close()
     write_image(result.label, output)
@@ -200,7 +211,8 @@ def cmd_segment_batch(args: argparse.Namespace) -> int:
             continue
         try:
             files, _seg = find_case_files(case)
-            result = segment(read_inputs(files), model=bundle, device=device)
+            result = segment(read_inputs(files), model=bundle, device=device,
+                             keep_small_components=args.keep_small_components)
             write_image(result.label, target)
             row.update(status="ok", inputs=",".join(result.inputs), seconds=round(result.timings_s["total"], 3),
                        **{f"{k}_ml": round(v, 2) for k, v in result.volumes_ml.items()})

@@ -41,6 +41,7 @@ from . import terminology as term
 from .bundle import list_bundles, model_card, user_model_dir
 from .constants import MODALITY_CODES, modality, reference_modality
 from .errors import Cancelled, InputError, MTSSError, OutputError
+from .postprocess import describe_removed
 from .registration import transform_from_summary
 from .worker import SegmentationJob, WorkerClient
 
@@ -158,6 +159,15 @@ def thresholdReport(summary: dict[str, Any]) -> list[str]:
     values = "/".join(f"{t:g}" for t in summary.get("thresholds", []))
     return [f"Thresholds WT/TC/ET {values}: the model's set for thick slices (the thickest series has "
             f"{summary.get('thickest_slice_mm', float('nan')):g} mm voxels)."]
+
+
+def componentReport(summary: dict[str, Any]) -> list[str]:
+    """A line on the small components the model's minimum sizes removed (empty when none were)."""
+    removed = describe_removed(summary)
+    if not removed:
+        return []
+    return [f"Small components removed: {removed}. Uncheck 'Remove small components' (or pass "
+            f"keep_small_components=True) to keep them."]
 
 
 def worldCorners(volume: Any) -> np.ndarray:
@@ -329,7 +339,7 @@ class MTSSSegmenterLogic:
                 summary["registration_transform_nodes"] = {code: t.GetID() for code, t in transforms.items()}
                 node.SetAttribute("MTSS.summary", json.dumps(summary))
             for line in registrationReport(summary, {code: t.GetName() for code, t in transforms.items()}) \
-                    + thresholdReport(summary):
+                    + thresholdReport(summary) + componentReport(summary):
                 log.info("%s", line)
                 job.log.append(line)
             return node
@@ -634,5 +644,5 @@ class MTSSSegmenterLogic:
 
 __all__ = ["MTSSSegmenterLogic", "SegmentationJob", "ModelInfo", "Cancelled", "MTSSError", "imageFromVolume",
            "ijkToWorld", "segmentationsLogicClass", "userModelDir", "registrationToParentMatrix", "registrationReport",
-           "thresholdReport",
+           "thresholdReport", "componentReport",
            "BRAIN_SEGMENT"]

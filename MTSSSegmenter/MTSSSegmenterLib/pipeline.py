@@ -19,6 +19,7 @@ from .errors import Cancelled, InputError
 from .geometry import Grid
 from .inference import Progress, predict, resolve_device
 from .io import find_case_files, read_image
+from .postprocess import min_component_sizes, remove_small_components
 from .preprocess import PreparedCase, prepare_case, restore, validate_inputs
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def run_network(bundle: Bundle, case: PreparedCase, device: torch.device,
 def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = None, device: str = "auto",
             progress: Progress | None = None, reference: str | None = None, register: bool | None = None,
             n4: bool | None = None, brain_mask_out: bool = False, output_spacing: float | None = None,
-            **options: Any) -> SegmentationResult:
+            keep_small_components: bool = False, **options: Any) -> SegmentationResult:
     """Segment a case given as ``{modality: image}`` (any non-empty subset of t1n, t1c, t2w, t2f).
 
     Args:
@@ -118,6 +119,9 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
         brain_mask_out: also return the brain mask the network saw (``result.brain_mask``).
         output_spacing: write the label map on an isotropic grid of this spacing (mm) aligned with the
             reference (same direction and corner) instead of on the reference grid.
+        keep_small_components: keep every connected component; by default those below the bundle's
+            ``inference.min_component_ml`` (chosen on validation cases) are removed
+            (:mod:`.postprocess`).
 
     Raises:
         InputError, BundleError: with a message that names the problem and the fix.
@@ -161,6 +165,13 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
                                                                                            output_spacing)
     label = restore(probs, case, threshold) if output_spacing is None else restore_on_grid(probs, case, grid,
                                                                                            threshold)
+    sizes = min_component_sizes(bundle.meta)
+    removed = None
+    if sizes and any(sizes) and not keep_small_components:
+        kept, removed = remove_small_components(sitk.GetArrayViewFromImage(label), label.GetSpacing(), sizes)
+        cleaned = sitk.GetImageFromArray(kept)
+        cleaned.CopyInformation(label)
+        label = cleaned
     mask = brain_on_grid(case, grid) if brain_mask_out else None
     timings["restore"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
@@ -172,7 +183,8 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
                "thickest_slice_mm": round(thickest, 2), "thresholds": [float(t) for t in threshold],
                "thick_slice_thresholds": thick,
                "output_grid": "reference" if output_spacing is None else f"isotropic {output_spacing:g} mm",
-               **study.summary()}
+               "min_component_ml": None if removed is None else list(sizes),
+               "small_components_removed": removed, **study.summary()}
     return SegmentationResult(label, case.reference, label_volumes_ml(label), timings, str(ran_on), bundle.name,
                               case.present, study.warnings + case.warnings + warnings, details, mask)
 

@@ -469,6 +469,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return status
 
 
+def write_search(path: str | Path, found: dict[str, Any]) -> None:
+    """A calibration's whole search as JSON (``--json FILE`` of the calibrate commands)."""
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(found, indent=2), encoding="utf-8")
+
+
 def run_calibrate_thick_slices(args: argparse.Namespace) -> int:
     from MTSSSegmenterLib.errors import MTSSError
 
@@ -479,10 +487,7 @@ def run_calibrate_thick_slices(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        import json
-
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(found, indent=2), encoding="utf-8")
+        write_search(args.json, found)
     start = "/".join(f"{t:g}" for t in found["start"])
     print(f"{args.out or args.bundle}: from {start} for slices of {args.min_slice_mm:g} mm or more, "
           + describe(found).replace("validation cases", "clinical studies"), flush=True)
@@ -490,4 +495,4 @@ def run_calibrate_thick_slices(args: argparse.Namespace) -> int:
 
 
 __all__ = ["CANDIDATES", "THICK_SLICE_MM", "calibrate_thick_slices", "thickest_slice_mm", "CaseVoxels", "apply_calibration", "calibrate_network", "calibrate_run",
-           "calibrated_subsets", "case_voxels", "choose_thresholds"]
+           "calibrated_subsets", "case_voxels", "choose_thresholds", "write_search"]

@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "MTSSTrainingLib.commands",
     "MTSSTrainingLib.benchmark",
     "MTSSTrainingLib.calibration",
+    "MTSSTrainingLib.component_calibration",
     "MTSSTrainingLib.ceiling",
 )
 

@@ -178,3 +178,29 @@ def test_image_from_volume_keeps_world_geometry_and_parent_transform(mrml, case_
     image = imageFromVolume(node)
     assert image.GetOrigin() == pytest.approx((-70.0 - 12.5, -70.0, -70.0))  # LPS: +12.5 mm R is -12.5 mm L
     assert image.GetSpacing() == pytest.approx((3.0, 3.0, 3.0))
+
+
+def test_small_components_are_removed_and_reported_unless_kept(mrml, case_nodes, tiny_bundle, warm_logic, tmp_path):
+    import json
+    import shutil
+
+    bundle = tmp_path / "with-sizes"
+    shutil.copytree(tiny_bundle, bundle)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["inference"]["min_component_ml"] = [0.0, 0.5, 1.0]  # the untrained network's core is speckled
+    (bundle / "model.json").write_text(json.dumps(meta))
+    job = warm_logic.process(case_nodes, modelPath=str(bundle), device="cpu", waitForCompletion=False)
+    node = job.wait()
+    removed = warm_logic.lastSummary["small_components_removed"]
+    volumes = warm_logic.lastSummary["volumes_ml"]
+    assert removed["TC"]["components"] > 0 and warm_logic.lastSummary["min_component_ml"] == [0.0, 0.5, 1.0]
+    lines = [line for line in job.log if line.startswith("Small components removed:")]
+    assert len(lines) == 1 and f"TC {removed['TC']['components']} (" in lines[0]
+    labels = _labels(node, case_nodes["t1c"])
+    assert np.count_nonzero((labels == 1) | (labels == 3)) * 27.0 / 1000.0 == pytest.approx(volumes["TC"], abs=1e-3)
+    job = warm_logic.process(case_nodes, modelPath=str(bundle), device="cpu", waitForCompletion=False,
+                             keep_small_components=True)
+    job.wait()
+    kept = warm_logic.lastSummary
+    assert kept["small_components_removed"] is None and not [line for line in job.log if "Small components" in line]
+    assert kept["volumes_ml"]["TC"] > volumes["TC"] and kept["volumes_ml"]["WT"] == pytest.approx(volumes["WT"])

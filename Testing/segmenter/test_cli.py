@@ -57,6 +57,24 @@ def test_the_summary_says_when_the_model_mirrors(small_case, tiny_bundle, tmp_pa
     assert p.returncode == 0 and "Test-time mirroring" not in p.stdout
 
 
+
+def test_the_summary_says_which_small_components_went_and_the_flag_keeps_them(small_case, tiny_bundle, tmp_path):
+    sized = tmp_path / "sized"
+    shutil.copytree(tiny_bundle, sized)
+    meta = json.loads((sized / "model.json").read_text())
+    meta["inference"]["min_component_ml"] = [0.0, 0.5, 1.0]
+    (sized / "model.json").write_text(json.dumps(meta))
+    p = run("segment", small_case, "-o", tmp_path / "s.nii.gz", "--model", sized)
+    assert p.returncode == 0, p.stderr
+    line = [x for x in p.stdout.splitlines() if x.startswith("Small components removed: ")]
+    assert len(line) == 1 and "below 0/0.5/1 mL" in line[0] and "--keep-small-components" in line[0], p.stdout
+    p = run("segment", small_case, "-o", tmp_path / "k.nii.gz", "--model", sized, "--keep-small-components", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["small_components_removed"] is None
+    removed = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s.nii.gz")))
+    kept = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "k.nii.gz")))
+    assert np.array_equal(removed > 0, kept > 0) and not np.array_equal(removed, kept)
+
 def test_messages_for_bad_calls(small_case, tiny_bundle, tmp_path):
     p = run("segment", "-o", tmp_path / "x.nii.gz", "--model", tiny_bundle)
     assert p.returncode == 2 and "No input" in p.stderr

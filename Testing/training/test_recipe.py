@@ -43,6 +43,10 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
     assert student_meta["inference"]["thick_slices"]["min_slice_mm"] == 4.0
     assert student_meta["metrics"]["thick_slice_calibration"]["studies"] == [str(work / "val-clinical")]
     assert json.loads((work / "reports" / "thick_slices.json").read_text())["n_cases"] >= 1
+    # minimum component sizes, on the aligned copies of the same studies, kept beside the thick-slice set
+    components = json.loads((work / "reports" / "components.json").read_text())
+    assert student_meta["inference"]["min_component_ml"] == components["min_component_ml"]
+    assert student_meta["metrics"]["component_calibration"]["n_cases"] == components["n_cases"] >= 1
     assert json.loads((runs / "joint-continued" / "model.json").read_text())["training"]["init_from"]["name"] == "joint"
     # the joint baseline, its continuation and the student also train on the clinical studies
     clinical = str(work / "train-clinical")

@@ -40,15 +40,16 @@ def wt_dice(a: sitk.Image, b: sitk.Image) -> float:
     return dice(sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0)
 
 
-def registration_errors(found: dict | str | None, params: dict, brain: sitk.Image) -> dict[str, float]:
+def registration_errors(found: dict | str | None, params: dict, brain: sitk.Image,
+                        reference: str = "t1c") -> dict[str, float]:
     """Worst error (mm) over brain points of each series' registration against the drawn motions.
 
-    The reference (t1c) series sits at ``T_t(p)``, series ``c`` at ``T_c(p)``, for a point ``p`` of the
+    The reference series sits at ``T_t(p)``, series ``c`` at ``T_c(p)``, for a point ``p`` of the
     aligned case; the registration reports reference -> series, which should be ``T_c(T_t^-1(q))``.
     """
     if not isinstance(found, dict):
         return {}
-    ref = transform_from_params(params["series"]["t1c"])
+    ref = transform_from_params(params["series"][reference])
     arr = sitk.GetArrayViewFromImage(brain) > 0
     idx = np.argwhere(arr)[:: max(1, int(arr.sum()) // 2000)]
     aligned = [brain.TransformIndexToPhysicalPoint([int(i) for i in z[::-1]]) for z in idx]
@@ -64,15 +65,22 @@ def registration_errors(found: dict | str | None, params: dict, brain: sitk.Imag
 
 
 def check_case(folder: Path, model: str, draws: int, seed: int, out: Path, overlay: bool,
-               output_spacing: float | None = None, n4: bool | None = None) -> list[dict]:
+               output_spacing: float | None = None, n4: bool | None = None,
+               modalities: list[str] | None = None) -> list[dict]:
+    """``modalities``: segment only these series (the draws are made from all four, so that a subset sees the
+    same acquisitions as the full study)."""
     found, seg_path = find_case_files(folder)
     images = {code: read_image(path, code) for code, path in found.items()}
+    use = list(modalities or images)
+    missing = [m for m in use if m not in images]
+    if missing:
+        raise SystemExit(f"{folder.name} has no {', '.join(missing)} series; give --modalities among {list(images)}.")
     truth = sitk.ReadImage(str(seg_path), sitk.sitkUInt8) if seg_path else None
     seg_in = truth if truth is not None else sitk.Image(images["t1c"].GetSize(), sitk.sitkUInt8)
     if truth is None:
         seg_in.CopyInformation(images["t1c"])
     t = time.perf_counter()
-    aligned = segment(images, model=model, device="cpu")
+    aligned = segment({c: images[c] for c in use}, model=model, device="cpu")
     t_aligned = time.perf_counter() - t
     brain = sitk.Cast(images["t1c"] > 0, sitk.sitkUInt8)
     rows = []
@@ -83,20 +91,21 @@ def check_case(folder: Path, model: str, draws: int, seed: int, out: Path, overl
         skull = synthetic_head(brain, rng) if k % 2 == 0 else None
         series, _, params = clinical_acquisition(images, seg_in, rng, skull=skull, spacing_range=(4.0, 6.0))
         t = time.perf_counter()
-        clin = segment(series, model=model, device="cpu", output_spacing=output_spacing, n4=n4)
+        clin = segment({c: series[c] for c in use}, model=model, device="cpu", output_spacing=output_spacing, n4=n4)
         t_clin = time.perf_counter() - t
-        # The clinical label lies on the t1c series' grid; bring it back onto the aligned grid through the
-        # t1c series' known motion (aligned point p sits at T(p) in the series).
-        back = sitk.Resample(clin.label, aligned.label, transform_from_params(params["series"]["t1c"]),
+        # The clinical label lies on the reference series' grid; bring it back onto the aligned grid through
+        # that series' known motion (aligned point p sits at T(p) in the series).
+        back = sitk.Resample(clin.label, aligned.label, transform_from_params(params["series"][clin.reference]),
                              sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         v0, v1 = aligned.volumes_ml["WT"], clin.volumes_ml["WT"]
-        row = {"case": folder.name, "draw": k, "skull": skull is not None,
-               "slice_mm": {c: p["spacing_mm"][2] for c, p in params["series"].items()},
+        row = {"case": folder.name, "draw": k, "skull": skull is not None, "modalities": use,
+               "slice_mm": {c: p["spacing_mm"][2] for c, p in params["series"].items() if c in use},
                "wt_ml_aligned": round(v0, 2), "wt_ml_clinical": round(v1, 2),
                "volume_ratio": round(v1 / v0, 3) if v0 > 0 else None,
                "wt_dice_physical": round(wt_dice(back, aligned.label), 3),
                "skull_detected": clin.details.get("skull_detected"),
-               "registration_worst_error_mm": registration_errors(clin.details.get("registration"), params, brain),
+               "registration_worst_error_mm": registration_errors(clin.details.get("registration"), params, brain,
+                                                               clin.reference),
                "registration": clin.details.get("registration"),
                "warnings": clin.warnings, "seconds_aligned": round(t_aligned, 2), "seconds_clinical": round(t_clin, 2)}
         if truth is not None:
@@ -105,11 +114,11 @@ def check_case(folder: Path, model: str, draws: int, seed: int, out: Path, overl
         rows.append(row)
         print(json.dumps({k2: v for k2, v in row.items() if k2 != "registration"}), flush=True)
         if overlay and k == 0:
-            ref = series.get("t2f", series["t1c"])
+            ref = series["t2f"] if "t2f" in use else series[clin.reference]
             render_overlay(ref, sitk.Resample(clin.label, ref, sitk.Transform(), sitk.sitkNearestNeighbor),
                            out / f"clinical_{folder.name}.png",
-                           f"{folder.name}: clinical draw (skull on, {params['series']['t2f']['spacing_mm'][2]:.1f} mm "
-                           "oblique FLAIR), segmented by one call")
+                           f"{folder.name}: clinical draw (skull on, {max(row['slice_mm'].values()):.1f} mm oblique "
+                           f"slices, {'+'.join(use)}), segmented by one call")
     return rows
 
 
@@ -141,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n4", action=argparse.BooleanOptionalAction, default=None,
                     help="force N4 bias-field correction of the clinical draws on or off (default: as `mtss "
                          "segment` does, on for the registered series of a clinical draw)")
+    ap.add_argument("--modalities", default=None, metavar="CODES",
+                    help="segment only these series, comma-separated (e.g. t1c,t2f); default: all the case has")
     args = ap.parse_args(argv)
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, folder in enumerate(args.cases):
         rows += check_case(folder, args.model, args.draws, args.seed + i, args.out, overlay=i == 0,
-                           output_spacing=args.output_spacing, n4=args.n4)
+                           output_spacing=args.output_spacing, n4=args.n4, modalities=modalities)
     ratios = [r["volume_ratio"] for r in rows if r["volume_ratio"] is not None]
     within = sum(abs(v - 1) <= 0.15 for v in ratios)
     summary = {"draws": len(rows), "within_15_percent": within,

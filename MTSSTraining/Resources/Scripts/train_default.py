@@ -26,7 +26,8 @@ skull on half of them), prepared through registration and brain extraction as ``
 Every run ends by choosing its per-region decision thresholds on its own validation cases
 (:mod:`MTSSTrainingLib.calibration`), so that the comparisons are between calibrated models. The student then
 gets thresholds for series with slices of 4 mm or more, chosen on clinical studies of their own seed that no
-run trained on (``mtss calibrate-thick-slices``).
+run trained on (``mtss calibrate-thick-slices``), and minimum connected-component sizes chosen on the aligned
+copies of the same studies (``mtss calibrate-components --aligned``).
 
 Usage::
 
@@ -345,7 +346,13 @@ def main(argv: list[str] | None = None) -> int:
                      clinical_val / "cohort.json"),
                  Job("thick_slices", "student", [
                      "calibrate-thick-slices", student, clinical_val, "--device", dev, "--json", thick[0]],
-                     thick[0], [student, clinical_val / "cohort.json"])]
+                     thick[0], [student, clinical_val / "cohort.json"]),
+                 # minimum component sizes, on the same studies' aligned copies (after the thick-slice rewrite)
+                 Job("components", "student", [
+                     "calibrate-components", student, clinical_val, "--aligned", "--device", dev,
+                     "--json", reports / "components.json"],
+                     reports / "components.json", [student, thick[0]])]
+        thick.append(reports / "components.json")
     models = list(dict.fromkeys([student, joint, start, *controls] + [teachers[pop] for pop in POPULATIONS]))
     evaluated = [test / "cohort.json", *thick]  # after the student's last rewrite
     jobs.append(Job("evaluate", "evaluate", [

@@ -1,0 +1,86 @@
+"""Choosing the minimum component sizes on validation cases (MTSSTrainingLib.component_calibration)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import SimpleITK as sitk
+
+from MTSSSegmenterLib.bundle import load_bundle
+from MTSSTrainingLib.component_calibration import LabelledCase, choose_min_components, score_sizes
+
+from ..conftest import make_volume
+
+
+def _tumour(shape=(40, 40, 40)) -> np.ndarray:
+    lab = np.zeros(shape, dtype=np.uint8)
+    lab[5:30, 5:25, 5:25] = 2
+    lab[10:20, 10:20, 10:20] = 1
+    lab[10:20, 10:20, 10:12] = 3
+    return lab
+
+
+def _speckled(population: str, name: str) -> LabelledCase:
+    """A perfect prediction plus one 8-voxel (0.008 mL) whole-tumour speck far from the tumour."""
+    truth = _tumour()
+    pred = truth.copy()
+    pred[35:37, 35:37, 35:37] = 2
+    return LabelledCase(name, population, pred, truth, (1.0, 1.0, 1.0))
+
+
+def _small_true_lesion(population: str, name: str) -> LabelledCase:
+    """A perfect prediction of a tumour and of a second, 0.125 mL lesion."""
+    truth = _tumour()
+    truth[33:38, 33:38, 33:38] = 2
+    return LabelledCase(name, population, truth.copy(), truth, (1.0, 1.0, 1.0))
+
+
+def test_a_speck_is_removed_at_the_smallest_size_that_removes_it():
+    cases = [_speckled("GLI", "a"), _speckled("MEN", "b"), _small_true_lesion("MET", "c")]
+    found = choose_min_components(cases)
+    assert found["min_component_ml"] == [0.02, 0.0, 0.0]
+    assert found["lesion_dice_before"]["WT"] < found["lesion_dice"]["WT"] == 1.0
+    table = dict(zip(found["candidates"], found["table"]["WT"]))
+    assert table[0.2][0] < 1.0, "0.2 mL removes the true 0.125 mL lesion: lesion-wise Dice falls"
+    assert found["dice"]["WT"] >= found["dice_before"]["WT"]
+
+
+def test_nothing_is_removed_where_only_true_lesions_are_small():
+    cases = [_small_true_lesion("MET", "a"), _small_true_lesion("GLI", "b")]
+    found = choose_min_components(cases)
+    assert found["min_component_ml"] == [0.0, 0.0, 0.0]
+    assert found["lesion_dice"] == found["lesion_dice_before"]
+
+
+def test_a_gain_below_min_gain_moves_nothing():
+    cases = [_speckled("GLI", "a"), _small_true_lesion("GLI", "b")]
+    lesion0, _ = score_sizes(cases, (0, 0, 0), "WT")
+    lesion1, _ = score_sizes(cases, (0.02, 0, 0), "WT")
+    gain = lesion1 - lesion0
+    assert gain > 0.1
+    assert choose_min_components(cases, min_gain=gain + 0.001)["min_component_ml"][0] == 0.0
+    assert choose_min_components(cases, min_gain=gain - 0.001)["min_component_ml"][0] == 0.02
+
+
+def test_the_command_writes_the_sizes_into_the_bundle(tiny_bundle, tmp_path):
+    from MTSSSegmenterLib.cli import main
+
+    case = tmp_path / "data" / "BraTS-GLI-99990-000"
+    case.mkdir(parents=True)
+    for i, code in enumerate(("t1n", "t1c", "t2w", "t2f")):
+        sitk.WriteImage(make_volume(seed=i), str(case / f"{case.name}-{code}.nii.gz"))
+    ref = make_volume(seed=1)
+    seg = sitk.GetImageFromArray(_tumour(sitk.GetArrayViewFromImage(ref).shape))
+    seg.CopyInformation(ref)
+    sitk.WriteImage(seg, str(case / f"{case.name}-seg.nii.gz"))
+    out = tmp_path / "calibrated"
+    assert main(["calibrate-components", str(tiny_bundle), str(tmp_path / "data"), "-o", str(out),
+                 "--device", "cpu", "--json", str(tmp_path / "search.json")]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    sizes = meta["inference"]["min_component_ml"]
+    assert len(sizes) == 3 and all(v >= 0 for v in sizes)
+    assert meta["metrics"]["component_calibration"]["n_cases"] == 1
+    assert meta["weights_sha256"] == load_bundle(tiny_bundle).meta["weights_sha256"]
+    assert load_bundle(out).meta["inference"]["min_component_ml"] == sizes
+    assert json.loads((tmp_path / "search.json").read_text())["min_component_ml"] == sizes
