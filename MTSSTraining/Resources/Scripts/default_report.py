@@ -292,6 +292,25 @@ def thick_slice_lines(meta: dict) -> list[str]:
     return L
 
 
+def component_lines(meta: dict) -> list[str]:
+    """The shipped model's minimum component sizes, with the validation search they were chosen on."""
+    found = (meta.get("metrics") or {}).get("component_calibration")
+    if not found:
+        return []
+    sizes = " / ".join(f"{v:g}" for v in found["min_component_ml"])
+    L = ["", "### Minimum component sizes (shipped model)", "",
+         f"Chosen by `mtss calibrate-components` on {found['n_cases']} labelled cases that no run trained on: "
+         "WT, then TC, then ET, the size with the best macro lesion-wise Dice that costs at most "
+         f"{found['max_dice_loss']:g} macro Dice, kept only for a gain of {found['min_gain']:g} or more. Chosen "
+         f"WT / TC / ET: **{sizes} mL** (a whole-tumour component below its size is erased, a core one becomes "
+         "edema, an enhancing one necrosis). Macro lesion-wise Dice / Dice per candidate size:", "",
+         "| region | " + " | ".join(f"{c:g} mL" for c in found["candidates"]) + " |",
+         "|---" * (len(found["candidates"]) + 1) + "|"]
+    for region in REGIONS:
+        L.append(f"| {region} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in found["table"][region]) + " |")
+    return L
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, type=Path)
@@ -392,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         before.update(json.loads(f.read_text())["summary"])
     L += threshold_lines(rep, summary, before or None)
     shipped_meta = json.loads((b / "model.json").read_text())
-    L += subset_threshold_lines(shipped_meta) + thick_slice_lines(shipped_meta)
+    L += subset_threshold_lines(shipped_meta) + thick_slice_lines(shipped_meta) + component_lines(shipped_meta)
     figures = [f for f in rep.get("figures", []) if f.endswith(".png")]
     for f in figures[:3]:
         shutil.copy2(w / "reports" / "all" / f, b / f)
