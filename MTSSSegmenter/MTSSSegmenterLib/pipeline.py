@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .bundle import Bundle, find_bundle, load_bundle, mirror_axes
+from .bundle import Bundle, find_bundle, load_bundle, mirror_axes, weak_inputs_warning
 from .clinical import brain_on_grid, isotropic_grid, prepare_study, restore_on_grid
 from .constants import LABELS, MODALITY_CODES, REGIONS, modality, reference_modality
 from .errors import Cancelled, InputError
@@ -161,6 +161,7 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
     _notify(progress, "finishing", 0.0)
     t = time.perf_counter()
     threshold, thick = bundle.chosen_thresholds(case.present, thickest)
+    weak = weak_inputs_warning(bundle.meta, case.present, thick)
     grid = Grid.of(images[case.reference]) if output_spacing is None else isotropic_grid(images[case.reference],
                                                                                            output_spacing)
     label = restore(probs, case, threshold) if output_spacing is None else restore_on_grid(probs, case, grid,
@@ -186,7 +187,8 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
                "min_component_ml": None if removed is None else list(sizes),
                "small_components_removed": removed, **study.summary()}
     return SegmentationResult(label, case.reference, label_volumes_ml(label), timings, str(ran_on), bundle.name,
-                              case.present, study.warnings + case.warnings + warnings, details, mask)
+                              case.present, study.warnings + case.warnings + warnings + ([weak] if weak else []),
+                              details, mask)
 
 
 def read_inputs(files: dict[str, str | Path]) -> dict[str, sitk.Image]:

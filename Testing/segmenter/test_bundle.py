@@ -83,3 +83,42 @@ def test_search_order_user_folder_then_package(tiny_bundle, monkeypatch, tmp_pat
     assert installed in list_bundles()
     with pytest.raises(BundleError, match="No model bundle named 'nope'"):
         find_bundle("nope")
+
+
+def _calibrated_meta(thick: bool = False) -> dict:
+    """Validation figures as calibration records them (whole-tumour Dice per input set)."""
+    record = {"dice": {"WT": 0.8}, "subsets": {"t1c": {"dice": {"WT": 0.5}}, "t1c,t2f": {"dice": {"WT": 0.78}},
+                                               "t1n,t1c": {"dice": {"WT": 0.55}}, "t1c,t2w": {"dice": {"WT": 0.6}},
+                                               "t1n,t1c,t2w": {"dice": {"WT": 0.65}}}}
+    return {"metrics": {"thick_slice_calibration" if thick else "calibration": record}}
+
+
+def test_weak_inputs_get_a_warning_naming_the_series_that_helps_most():
+    from MTSSSegmenterLib.bundle import weak_inputs_warning
+
+    text = weak_inputs_warning(_calibrated_meta(), ["t1c"])
+    assert text is not None and "t1c alone" in text and "0.50" in text and "0.80" in text
+    assert "adding the FLAIR series (t1c+t2f: 0.78) helps most" in text
+    assert weak_inputs_warning(_calibrated_meta(), ["t2f", "t1c"]) is None  # 0.78: within 0.1 of all four
+    assert weak_inputs_warning(_calibrated_meta(), ["t1n", "t1c", "t2w", "t2f"]) is None
+    assert "(all four: 0.80)" in weak_inputs_warning(_calibrated_meta(), ["t1n", "t1c", "t2w"])
+    # thick slices: the figures of the thick-slice calibration, and only those
+    assert weak_inputs_warning(_calibrated_meta(), ["t1c"], thick=True) is None
+    assert "clinical studies with thick slices" in weak_inputs_warning(_calibrated_meta(thick=True), ["t1c"], True)
+    assert weak_inputs_warning({}, ["t1c"]) is None  # a bundle without validation figures: nothing to say
+
+
+def test_the_pipeline_passes_the_warning_on(tiny_bundle, tmp_path):
+    from MTSSSegmenterLib.pipeline import segment
+
+    from ..conftest import make_volume
+
+    folder = tmp_path / "b"
+    shutil.copytree(tiny_bundle, folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["metrics"] = _calibrated_meta()["metrics"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    alone = segment({"t1c": make_volume(seed=1)}, model=folder, device="cpu")
+    assert [w for w in alone.warnings if w.startswith("From t1c alone")]
+    both = segment({"t1c": make_volume(seed=1), "t2f": make_volume(seed=3)}, model=folder, device="cpu")
+    assert not [w for w in both.warnings if "alone" in w]
