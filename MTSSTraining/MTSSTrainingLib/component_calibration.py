@@ -23,7 +23,7 @@ import copy
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,11 @@ def score_sizes(cases: Sequence[LabelledCase], sizes: Sequence[float], region: s
     return _macro(lesion), _macro(plain)
 
 
+def only(region: int, size: float) -> list[float]:
+    """Sizes (WT, TC, ET) removing components of one region only (index ``region``)."""
+    return [size if r == region else 0.0 for r in range(len(REGION_CODES))]
+
+
 def choose_min_components(cases: Sequence[LabelledCase], candidates: Sequence[float] = SIZE_CANDIDATES_ML,
                           min_gain: float = MIN_GAIN, max_dice_loss: float = MAX_DICE_LOSS,
                           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -84,9 +89,12 @@ def choose_min_components(cases: Sequence[LabelledCase], candidates: Sequence[fl
                              "dice_before": {}, "dice": {}}
     steps, done = len(REGION_CODES) * len(candidates), 0
     for r, region in enumerate(REGION_CODES):
+        if r:  # the regions chosen so far removed once, not again for every candidate of this one
+            cases = [replace(c, labels=remove_small_components(c.labels, c.spacing, only(r - 1, chosen[r - 1]))[0])
+                     for c in cases]
         scores = []
         for size in candidates:
-            scores.append(score_sizes(cases, chosen[:r] + [size] + [0.0] * (2 - r), region))
+            scores.append(score_sizes(cases, only(r, size), region))
             done += 1
             if progress:
                 progress(done, steps)
@@ -184,8 +192,7 @@ def calibrate_components(bundle_dir: str | Path, data: Sequence[str | Path], out
     meta = copy.deepcopy(bundle.meta)
     meta["inference"]["min_component_ml"] = [float(v) for v in found["min_component_ml"]]
     meta.setdefault("metrics", {})["component_calibration"] = {
-        **{k: v for k, v in found.items() if k != "candidates"}, "candidates": found["candidates"],
-        "studies": [str(Path(d)) + ("/*/aligned" if aligned else "") for d in data]}
+        **found, "studies": [str(Path(d)) + ("/*/aligned" if aligned else "") for d in data]}
     save_bundle(bundle.network, meta, out_dir or bundle_dir)
     return found
 
