@@ -140,7 +140,8 @@ class MTSSSegmenterParameterNode:
     registerSeries (checked: register the series when their grids differ; unchecked: never),
     applyRegistrationTransforms (put the registered series under their transforms), biasCorrection (checked: N4
     of the series when they are registered; unchecked: never), brainMask (add the brain mask as a segment) and
-    removeSmallComponents (checked: remove components below the model's minimum sizes; unchecked: keep all).
+    removeSmallComponents (checked: remove components below the model's minimum sizes and, on thick slices, those
+    without a confident core; unchecked: keep all).
     """
 
     t1nVolume: vtkMRMLScalarVolumeNode

@@ -129,6 +129,10 @@ class Bundle:
         (:func:`chosen_thresholds`)."""
         return chosen_thresholds(self.meta, present, slice_mm)
 
+    def confident_core(self, present: Iterable[str], slice_mm: float | None = None) -> tuple[float, float] | None:
+        """The thick-slice confident-core rule for these inputs (:func:`confident_core_rule`)."""
+        return confident_core_rule(self.meta, present, slice_mm)
+
     def card(self) -> str:
         """A short human-readable model card (for tooltips and ``--json`` summaries)."""
         return model_card(self.meta, self.name)
@@ -212,6 +216,39 @@ def chosen_thresholds(meta: dict[str, Any], present: Iterable[str] | None = None
             if key in thick_chosen:
                 return thick_chosen[key], True
     return (default if key is None else chosen.get(key, default)), False
+
+
+def confident_core_rule(meta: dict[str, Any], present: Iterable[str] | None = None,
+                        slice_mm: float | None = None) -> tuple[float, float] | None:
+    """``(probability, min_fraction)`` of ``inference.thick_slices.confident_core`` for these inputs on series
+    whose thickest voxel side is ``slice_mm`` (:func:`MTSSSegmenterLib.postprocess.remove_unconfident_components`);
+    None when the bundle has none, the slices are thinner than ``min_slice_mm``, or the rule was not chosen
+    for this input set. The block reads ``{"probability": 0.99, "min_fraction": {"t1n,t1c,t2w,t2f": 0.1}}``
+    (input sets as :func:`subset_key` writes them; ``mtss calibrate-confident-core``). It is checked
+    whatever ``present`` and ``slice_mm`` are."""
+    limit = thick_slice_limit(meta)
+    block = meta["inference"]["thick_slices"].get("confident_core") if limit is not None else None
+    if block is None:
+        return None
+    where = "inference.thick_slices.confident_core"
+    shape = f"{where} must be {{'probability': p in (0, 1), 'min_fraction': {{inputs: fraction in [0, 1]}}}}"
+    if not isinstance(block, dict):
+        raise BundleError(f"{shape}, got {block!r}.")
+    probability, fractions = block.get("probability"), block.get("min_fraction")
+    if (not isinstance(probability, (int, float)) or isinstance(probability, bool) or not 0.0 < probability < 1.0
+            or not isinstance(fractions, dict)):
+        raise BundleError(f"{shape}, got {block!r}.")
+    for key, value in fractions.items():
+        codes = str(key).split(",")
+        if any(c not in MODALITY_CODES for c in codes) or subset_key(codes) != key:
+            raise BundleError(f"{where}.min_fraction has the key {key!r}; keys are modality codes joined by commas "
+                              f"in the order {', '.join(MODALITY_CODES)} (e.g. 't1n,t1c,t2w,t2f').")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            raise BundleError(f"{where}.min_fraction[{key!r}] must be a fraction in [0, 1], got {value!r}.")
+    if present is None or slice_mm is None or slice_mm < limit:
+        return None
+    fraction = fractions.get(subset_key(present))
+    return (float(probability), float(fraction)) if fraction else None
 
 
 WEAK_INPUTS_MARGIN = 0.1  # whole-tumour validation Dice this far below all four inputs' gets a warning
@@ -319,6 +356,13 @@ def model_card(meta: dict[str, Any], name: str) -> str:
     if sizes and any(sizes):
         lines.append("Smallest components kept WT/TC/ET: " + "/".join(f"{v:g}" for v in sizes)
                      + " mL (chosen on validation cases)")
+    try:
+        rule = confident_core_rule(meta, MODALITY_CODES, thick_mm)
+    except BundleError:
+        rule = None
+    if rule:
+        lines.append(f"Thick slices: whole-tumour components with under {rule[1]:.0%} of their voxels at p >= "
+                     f"{rule[0]:g} are removed (chosen on clinical studies)")
     return "\n".join(lines)
 
 
@@ -401,6 +445,7 @@ def _validate_meta(meta: dict[str, Any], where: Path) -> None:
         region_thresholds(meta)
         mirror_axes(meta)
         min_component_sizes(meta)
+        confident_core_rule(meta)
     except BundleError as exc:
         raise fail(f"'{META}': {exc}") from exc
 

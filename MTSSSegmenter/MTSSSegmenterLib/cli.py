@@ -67,7 +67,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="write the label map on an isotropic MM grid aligned with the reference")
     p.add_argument("--keep-small-components", action="store_true",
                    help="keep every connected component (default: those below the model's minimum sizes, chosen "
-                        "on validation cases, are removed)")
+                        "on validation cases, are removed, and on thick slices the whole-tumour components "
+                        "without a confident core)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_segment)
 
@@ -83,7 +84,8 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     p.add_argument("--keep-small-components", action="store_true",
-                   help="keep every connected component (default: the model's minimum sizes apply)")
+                   help="keep every connected component (default: the model's minimum sizes and thick-slice "
+                        "confident-core rule apply)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_segment_batch)
 
@@ -125,7 +127,7 @@ def _print_study(details: dict[str, Any]) -> None:
         print("Test-time mirroring: " + ", ".join(details["test_time_mirroring"]))
     removed = describe_removed(details)
     if removed:
-        print(f"Small components removed: {removed} (--keep-small-components keeps them)")
+        print(f"Components removed: {removed} (--keep-small-components keeps them)")
     if details.get("thick_slice_thresholds"):
         print(f"Thresholds WT/TC/ET: {'/'.join(f'{t:g}' for t in details['thresholds'])}, the model's set for "
               f"thick slices (the thickest series has {details['thickest_slice_mm']:g} mm voxels)")

@@ -162,11 +162,12 @@ def thresholdReport(summary: dict[str, Any]) -> list[str]:
 
 
 def componentReport(summary: dict[str, Any]) -> list[str]:
-    """A line on the small components the model's minimum sizes removed (empty when none were)."""
+    """A line on the components the model's minimum sizes and thick-slice confident-core rule removed (empty
+    when none were)."""
     removed = describe_removed(summary)
     if not removed:
         return []
-    return [f"Small components removed: {removed}. Uncheck 'Remove small components' (or pass "
+    return [f"Components removed: {removed}. Uncheck 'Remove small components' (or pass "
             f"keep_small_components=True) to keep them."]
 
 

@@ -19,8 +19,8 @@ from .errors import Cancelled, InputError
 from .geometry import Grid
 from .inference import Progress, predict, resolve_device
 from .io import find_case_files, read_image
-from .postprocess import min_component_sizes, remove_small_components
-from .preprocess import PreparedCase, prepare_case, restore, validate_inputs
+from .postprocess import min_component_sizes, remove_small_components, remove_unconfident_components
+from .preprocess import PreparedCase, prepare_case, probability_on_grid, restore, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     brain_mask: sitk.Image | None = None  # uint8, on the label's grid, when asked for (brain_mask_out=True)
+    wt_probability: sitk.Image | None = None  # float32 on the label's grid, when asked for (probability_out=True)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -105,7 +106,8 @@ def run_network(bundle: Bundle, case: PreparedCase, device: torch.device,
 def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = None, device: str = "auto",
             progress: Progress | None = None, reference: str | None = None, register: bool | None = None,
             n4: bool | None = None, brain_mask_out: bool = False, output_spacing: float | None = None,
-            keep_small_components: bool = False, **options: Any) -> SegmentationResult:
+            keep_small_components: bool = False, probability_out: bool = False, **options: Any
+            ) -> SegmentationResult:
     """Segment a case given as ``{modality: image}`` (any non-empty subset of t1n, t1c, t2w, t2f).
 
     Args:
@@ -120,8 +122,11 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
         output_spacing: write the label map on an isotropic grid of this spacing (mm) aligned with the
             reference (same direction and corner) instead of on the reference grid.
         keep_small_components: keep every connected component; by default those below the bundle's
-            ``inference.min_component_ml`` (chosen on validation cases) are removed
-            (:mod:`.postprocess`).
+            ``inference.min_component_ml`` (chosen on validation cases) are removed, and on thick slices the
+            whole-tumour components without a confident core (``inference.thick_slices.confident_core``,
+            chosen on clinical studies; :mod:`.postprocess`).
+        probability_out: also return the whole-tumour probability on the label map's grid
+            (``result.wt_probability``, float32), as the network gave it before any threshold.
 
     Raises:
         InputError, BundleError: with a message that names the problem and the fix.
@@ -166,10 +171,16 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
                                                                                            output_spacing)
     label = restore(probs, case, threshold) if output_spacing is None else restore_on_grid(probs, case, grid,
                                                                                            threshold)
-    sizes = min_component_sizes(bundle.meta)
-    removed = None
-    if sizes and any(sizes) and not keep_small_components:
-        kept, removed = remove_small_components(sitk.GetArrayViewFromImage(label), label.GetSpacing(), sizes)
+    sizes, rule = min_component_sizes(bundle.meta), bundle.confident_core(case.present, thickest)
+    removed = doubtful = wt_probability = None
+    if probability_out or (rule and not keep_small_components):
+        wt_probability = probability_on_grid(probs[0], case, grid)
+    if not keep_small_components and ((sizes and any(sizes)) or rule):
+        kept = sitk.GetArrayFromImage(label)
+        if sizes and any(sizes):
+            kept, removed = remove_small_components(kept, label.GetSpacing(), sizes)
+        if rule:
+            kept, doubtful = remove_unconfident_components(kept, wt_probability, label.GetSpacing(), *rule)
         cleaned = sitk.GetImageFromArray(kept)
         cleaned.CopyInformation(label)
         label = cleaned
@@ -185,10 +196,18 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
                "thick_slice_thresholds": thick,
                "output_grid": "reference" if output_spacing is None else f"isotropic {output_spacing:g} mm",
                "min_component_ml": None if removed is None else list(sizes),
-               "small_components_removed": removed, **study.summary()}
+               "small_components_removed": removed,
+               "confident_core": None if doubtful is None else {"probability": rule[0], "min_fraction": rule[1]},
+               "unconfident_components_removed": doubtful, **study.summary()}
     return SegmentationResult(label, case.reference, label_volumes_ml(label), timings, str(ran_on), bundle.name,
                               case.present, study.warnings + case.warnings + warnings + ([weak] if weak else []),
-                              details, mask)
+                              details, mask, None if wt_probability is None else _placed(wt_probability, label))
+
+
+def _placed(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(like)
+    return image
 
 
 def read_inputs(files: dict[str, str | Path]) -> dict[str, sitk.Image]:

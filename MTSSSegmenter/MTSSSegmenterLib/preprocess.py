@@ -287,6 +287,14 @@ def working_image_of(volume: np.ndarray | torch.Tensor, case: PreparedCase) -> s
     return img
 
 
+def probability_on_grid(probability: torch.Tensor | np.ndarray, case: PreparedCase, grid: Grid) -> np.ndarray:
+    """One region's probability (z, y, x) at the working resolution, linearly interpolated onto ``grid``
+    (as :func:`restore_on_grid` does before thresholding): a float32 (z, y, x) array, 0 outside the crop."""
+    img = working_image_of(probability, case)
+    return sitk.GetArrayFromImage(sitk.Resample(img, grid.reference_image(sitk.sitkFloat32), sitk.Transform(),
+                                                sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+
+
 def restore_on_grid(probabilities: torch.Tensor | np.ndarray, case: PreparedCase, grid: Grid,
                     threshold: float | Sequence[float] = 0.5) -> sitk.Image:
     """Region probabilities (3, z, y, x) at the working resolution -> uint8 label map on ``grid`` (thresholds

@@ -194,7 +194,7 @@ def test_small_components_are_removed_and_reported_unless_kept(mrml, case_nodes,
     removed = warm_logic.lastSummary["small_components_removed"]
     volumes = warm_logic.lastSummary["volumes_ml"]
     assert removed["TC"]["components"] > 0 and warm_logic.lastSummary["min_component_ml"] == [0.0, 0.5, 1.0]
-    lines = [line for line in job.log if line.startswith("Small components removed:")]
+    lines = [line for line in job.log if line.startswith("Components removed:")]
     assert len(lines) == 1 and f"TC {removed['TC']['components']} (" in lines[0]
     labels = _labels(node, case_nodes["t1c"])
     assert np.count_nonzero((labels == 1) | (labels == 3)) * 27.0 / 1000.0 == pytest.approx(volumes["TC"], abs=1e-3)

@@ -66,7 +66,7 @@ def test_the_summary_says_which_small_components_went_and_the_flag_keeps_them(sm
     (sized / "model.json").write_text(json.dumps(meta))
     p = run("segment", small_case, "-o", tmp_path / "s.nii.gz", "--model", sized)
     assert p.returncode == 0, p.stderr
-    line = [x for x in p.stdout.splitlines() if x.startswith("Small components removed: ")]
+    line = [x for x in p.stdout.splitlines() if x.startswith("Components removed: ")]
     assert len(line) == 1 and "below 0/0.5/1 mL" in line[0] and "--keep-small-components" in line[0], p.stdout
     p = run("segment", small_case, "-o", tmp_path / "k.nii.gz", "--model", sized, "--keep-small-components", "--json")
     assert p.returncode == 0, p.stderr

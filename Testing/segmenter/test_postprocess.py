@@ -1,4 +1,4 @@
-"""Small-component removal (MTSSSegmenterLib.postprocess) and its place in the pipeline."""
+"""Small-component and confident-core removal (MTSSSegmenterLib.postprocess) and their place in the pipeline."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import SimpleITK as sitk
 from MTSSSegmenterLib.bundle import load_bundle, read_meta
 from MTSSSegmenterLib.errors import BundleError
 from MTSSSegmenterLib.pipeline import segment
-from MTSSSegmenterLib.postprocess import min_component_sizes, remove_small_components
+from MTSSSegmenterLib.bundle import confident_core_rule
+from MTSSSegmenterLib.postprocess import (describe_removed, min_component_sizes, remove_small_components,
+                                         remove_unconfident_components)
 
 from ..conftest import make_volume
 
@@ -109,3 +111,115 @@ def test_the_pipeline_applies_the_bundle_sizes_unless_asked_to_keep(tiny_bundle,
     assert cleaned.volumes_ml["WT"] == pytest.approx(same.volumes_ml["WT"]), "core/ET removal keeps the tumour"
     assert cleaned.volumes_ml["TC"] < same.volumes_ml["TC"]
     assert cleaned.label.GetOrigin() == same.label.GetOrigin() and cleaned.label.GetSpacing() == same.label.GetSpacing()
+
+
+def _two_components() -> tuple[np.ndarray, np.ndarray]:
+    """A tumour whose probability is mostly certain, and a distant 1 mL blob that only just passes."""
+    lab = _tumour()
+    lab[32:37, 30:40, 30:40] = 2  # 500 voxels: a separate component
+    lab[33:35, 32:35, 32:35] = 1  # with a "core" of its own, erased with it
+    p = np.where(lab > 0, 0.999, 0.01).astype(np.float32)
+    p[32:37, 30:40, 30:40] = 0.93
+    p[32, 30, 30:35] = 0.995  # 5 of 500 voxels (1 %) certain
+    return lab, p
+
+
+def test_a_component_without_a_confident_core_is_erased_with_its_core():
+    lab, p = _two_components()
+    out, found = remove_unconfident_components(lab, p, (1.0, 2.0, 1.0), 0.99, 0.1)
+    assert np.array_equal(out[:31], lab[:31]), "the confident tumour stays as it was"
+    assert not out[31:].any()
+    assert found == {"components": 1, "ml": 1.0, "largest_ml": 1.0}  # 500 voxels of 2 mm3
+    kept, none = remove_unconfident_components(lab, p, (1.0, 1.0, 1.0), 0.99, 0.01)  # 1 % is enough
+    assert np.array_equal(kept, lab) and none["components"] == 0
+    same, _ = remove_unconfident_components(lab, p, (1.0, 1.0, 1.0), 0.99, 0.0)
+    assert np.array_equal(same, lab)
+    with pytest.raises(ValueError, match="grid"):
+        remove_unconfident_components(lab, p[:-1], (1.0, 1.0, 1.0), 0.99, 0.1)
+
+
+def test_the_largest_component_stays_however_doubtful():
+    lab, p = _two_components()
+    p[p > 0.99] = 0.95  # nothing is certain now, the tumour included
+    out, found = remove_unconfident_components(lab, p, (1.0, 1.0, 1.0), 0.99, 0.1)
+    assert np.array_equal(out[:31], lab[:31]) and not out[31:].any()
+    assert found["components"] == 1
+    alone = np.where(np.arange(40)[:, None, None] < 31, lab, 0)
+    same, none = remove_unconfident_components(alone, p, (1.0, 1.0, 1.0), 0.99, 0.1)
+    assert np.array_equal(same, alone) and none["components"] == 0
+
+
+def test_the_summary_line_names_both_rules():
+    text = describe_removed({"small_components_removed": {"WT": {"components": 2, "ml": 0.12}},
+                             "min_component_ml": [1, 0.1, 0], "unconfident_components_removed":
+                             {"components": 1, "ml": 8.23, "largest_ml": 8.23},
+                             "confident_core": {"probability": 0.99, "min_fraction": 0.1}})
+    assert text == ("WT 2 (0.12 mL), below 1/0.1/0 mL (WT/TC/ET); 1 whole-tumour component (8.23 mL) without a "
+                    "confident core (under 10% of it at p >= 0.99)")
+    assert describe_removed({"unconfident_components_removed": {"components": 0, "ml": 0.0}}) == ""
+
+
+def _with_core(meta: dict, min_slice_mm: float = 4.0, rule=None) -> dict:
+    meta = json.loads(json.dumps(meta))
+    meta["inference"]["thick_slices"] = {"min_slice_mm": min_slice_mm, "threshold": 0.5, "confident_core": rule or {
+        "probability": 0.99, "min_fraction": {"t1n,t1c,t2w,t2f": 0.1, "t1c,t2f": 0.05}}}
+    return meta
+
+
+def test_the_rule_holds_on_thick_slices_for_the_input_sets_it_was_chosen_for(tiny_bundle):
+    meta = _with_core(read_meta(tiny_bundle))
+    four = ["t1n", "t1c", "t2w", "t2f"]
+    assert confident_core_rule(meta, four, 5.0) == (0.99, 0.1)
+    assert confident_core_rule(meta, ["t2f", "t1c"], 4.0) == (0.99, 0.05)
+    assert confident_core_rule(meta, four, 3.0) is None, "thinner than the thick-slice limit"
+    assert confident_core_rule(meta, ["t1c"], 5.0) is None, "not chosen for T1c alone"
+    assert confident_core_rule(read_meta(tiny_bundle), four, 5.0) is None
+
+
+@pytest.mark.parametrize("rule, words", [
+    ({"probability": 1.0, "min_fraction": {"t1n,t1c,t2w,t2f": 0.1}}, "probability"),
+    ({"probability": 0.99, "min_fraction": {"t1c,t1n": 0.1}}, "t1c,t1n"),
+    ({"probability": 0.99, "min_fraction": {"t1n,t1c,t2w,t2f": 1.5}}, "fraction in"),
+    ({"probability": 0.99, "min_fraction": 0.1}, "min_fraction"),
+])
+def test_a_bad_rule_is_refused_when_the_bundle_is_read(tiny_bundle, tmp_path, rule, words):
+    folder = tmp_path / "b"
+    shutil.copytree(tiny_bundle, folder)
+    (folder / "model.json").write_text(json.dumps(_with_core(read_meta(tiny_bundle), rule=rule)))
+    with pytest.raises(BundleError, match="confident_core") as err:
+        read_meta(folder)
+    assert words in str(err.value)
+
+
+def test_the_pipeline_removes_doubtful_components_on_thick_slices_only(tiny_bundle, tmp_path):
+    images = {c: make_volume(seed=i) for i, c in enumerate(("t1n", "t1c", "t2w", "t2f"))}  # 3 mm voxels
+    raw = segment(images, model=tiny_bundle, device="cpu", probability_out=True)
+    prob = sitk.GetArrayFromImage(raw.wt_probability)
+    labels = sitk.GetArrayFromImage(raw.label)
+    assert prob.shape == labels.shape and raw.wt_probability.GetSpacing() == raw.label.GetSpacing()
+    assert labels.any(), "the untrained network should label something"
+    assert np.array_equal(prob >= 0.5, labels > 0), "the map is the one the labels were thresholded from"
+    folder = tmp_path / "core"
+    shutil.copytree(tiny_bundle, folder)
+    # the untrained network's probabilities hover around 0.6: a thick-slice threshold of 0.6 breaks its
+    # "tumour" into many components, a core probability of 0.65 leaves some without a confident core
+    meta = _with_core(read_meta(tiny_bundle), 3.0, {"probability": 0.65, "min_fraction": {"t1n,t1c,t2w,t2f": 0.2}})
+    meta["inference"]["thick_slices"]["threshold"] = 0.6
+    (folder / "model.json").write_text(json.dumps(meta))
+    bundle = load_bundle(folder)
+    assert "under 20% of their voxels at p >= 0.65" in bundle.card()
+    kept = segment(images, model=bundle, device="cpu", keep_small_components=True, probability_out=True)
+    assert kept.details["unconfident_components_removed"] is None
+    thick = sitk.GetArrayFromImage(kept.label)
+    assert np.array_equal(sitk.GetArrayFromImage(kept.wt_probability), prob), "the same network, the same map"
+    cleaned = segment(images, model=bundle, device="cpu")
+    expected, found = remove_unconfident_components(thick, prob, kept.label.GetSpacing(), 0.65, 0.2)
+    assert found["components"] >= 1
+    assert np.array_equal(sitk.GetArrayFromImage(cleaned.label), expected)
+    assert cleaned.details["unconfident_components_removed"] == found
+    assert cleaned.details["confident_core"] == {"probability": 0.65, "min_fraction": 0.2}
+    assert cleaned.volumes_ml["WT"] == pytest.approx(kept.volumes_ml["WT"] - found["ml"], abs=1e-3)
+    thin = {c: sitk.Resample(img, make_volume(spacing=(2.5, 2.5, 2.5), shape_xyz=(48, 52, 44)))
+            for c, img in images.items()}
+    untouched = segment(thin, model=bundle, device="cpu")
+    assert untouched.details["unconfident_components_removed"] is None, "2.5 mm is below the 3 mm limit"

@@ -47,6 +47,15 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
     components = json.loads((work / "reports" / "components.json").read_text())
     assert student_meta["inference"]["min_component_ml"] == components["min_component_ml"]
     assert student_meta["metrics"]["component_calibration"]["n_cases"] == components["n_cases"] >= 1
+    # and the thick-slice confident-core rule on the studies as they come, after the sizes
+    core = json.loads((work / "reports" / "confident_core.json").read_text())
+    record = student_meta["metrics"]["confident_core_calibration"]["t1n,t1c,t2w,t2f"]
+    assert record["n_cases"] == core["n_cases"] >= 1 and record["min_component_ml"] == components["min_component_ml"]
+    rule = student_meta["inference"]["thick_slices"].get("confident_core")
+    if core["min_fraction"]:
+        assert rule["min_fraction"]["t1n,t1c,t2w,t2f"] == core["min_fraction"]
+    else:
+        assert rule is None
     assert json.loads((runs / "joint-continued" / "model.json").read_text())["training"]["init_from"]["name"] == "joint"
     # the joint baseline, its continuation and the student also train on the clinical studies
     clinical = str(work / "train-clinical")
@@ -82,7 +91,7 @@ def test_tiny_recipe_runs_every_step_and_writes_the_report(tmp_path):
     for heading in ("## Dice per population", "## Student with missing modalities", "## Targets",
                     "## Ablation: one KD term removed at a time", "Seen by eye: nothing.",
                     "### What the working spacing allows", "| 4 | soft |", "### Thresholds per input subset",
-                    "| t1c+t2f |"):
+                    "| t1c+t2f |", "### Components without a confident core, on thick slices"):
         assert heading in text, heading
     assert "| macro | WT |" in text and "no KD term (ground truth only)" in text
     assert f"train on {len(POPULATIONS)} synthetic clinical studies" in text  # the tiny profile's 1 per population

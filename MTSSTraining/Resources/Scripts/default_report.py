@@ -311,6 +311,27 @@ def component_lines(meta: dict) -> list[str]:
     return L
 
 
+def confident_core_lines(meta: dict) -> list[str]:
+    """The shipped model's thick-slice confident-core rule, with the search it was chosen on."""
+    record = (meta.get("metrics") or {}).get("confident_core_calibration")
+    if not record:
+        return []
+    L = ["", "### Components without a confident core, on thick slices (shipped model)", "",
+         "Chosen by `mtss calibrate-confident-core` on labelled clinical studies that no run trained on (series of "
+         "4 mm or more, after the minimum sizes): a whole-tumour component stays only when at least the chosen "
+         "fraction of its voxels reach the whole-tumour probability given; the smallest fraction with the best "
+         "macro lesion-wise Dice that costs no more than the allowed Dice, kept only for a large enough gain. "
+         "Macro lesion-wise Dice / Dice of the whole tumour per candidate fraction:", ""]
+    for key, found in record.items():
+        chosen = (f"**{found['min_fraction']:.0%} at p >= {found['probability']:g}**" if found["min_fraction"]
+                  else "**no rule** (no fraction gained enough)")
+        L += [f"Inputs {key}, {found['n_cases']} studies: {chosen}.", "",
+              "| " + " | ".join(f"{c:.0%}" for c in found["candidates"]) + " |",
+              "|---" * len(found["candidates"]) + "|",
+              "| " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in found["table"]) + " |", ""]
+    return L
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, type=Path)
@@ -411,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         before.update(json.loads(f.read_text())["summary"])
     L += threshold_lines(rep, summary, before or None)
     shipped_meta = json.loads((b / "model.json").read_text())
-    L += subset_threshold_lines(shipped_meta) + thick_slice_lines(shipped_meta) + component_lines(shipped_meta)
+    L += (subset_threshold_lines(shipped_meta) + thick_slice_lines(shipped_meta) + component_lines(shipped_meta)
+          + confident_core_lines(shipped_meta))
     figures = [f for f in rep.get("figures", []) if f.endswith(".png")]
     for f in figures[:3]:
         shutil.copy2(w / "reports" / "all" / f, b / f)

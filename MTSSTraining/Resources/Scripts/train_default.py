@@ -26,8 +26,9 @@ skull on half of them), prepared through registration and brain extraction as ``
 Every run ends by choosing its per-region decision thresholds on its own validation cases
 (:mod:`MTSSTrainingLib.calibration`), so that the comparisons are between calibrated models. The student then
 gets thresholds for series with slices of 4 mm or more, chosen on clinical studies of their own seed that no
-run trained on (``mtss calibrate-thick-slices``), and minimum connected-component sizes chosen on the aligned
-copies of the same studies (``mtss calibrate-components --aligned``).
+run trained on (``mtss calibrate-thick-slices``), minimum connected-component sizes chosen on the aligned
+copies of the same studies (``mtss calibrate-components --aligned``), and the thick-slice rule for whole-tumour
+components without a confident core, chosen on the studies as they come (``mtss calibrate-confident-core``).
 
 Usage::
 
@@ -351,8 +352,13 @@ def main(argv: list[str] | None = None) -> int:
                  Job("components", "student", [
                      "calibrate-components", student, clinical_val, "--aligned", "--device", dev,
                      "--json", reports / "components.json"],
-                     reports / "components.json", [student, thick[0]])]
-        thick.append(reports / "components.json")
+                     reports / "components.json", [student, thick[0]]),
+                 # thick slices: whole-tumour components without a confident core, after the sizes
+                 Job("confident_core", "student", [
+                     "calibrate-confident-core", student, clinical_val, "--device", dev,
+                     "--json", reports / "confident_core.json"],
+                     reports / "confident_core.json", [student, reports / "components.json"])]
+        thick += [reports / "components.json", reports / "confident_core.json"]
     models = list(dict.fromkeys([student, joint, start, *controls] + [teachers[pop] for pop in POPULATIONS]))
     evaluated = [test / "cohort.json", *thick]  # after the student's last rewrite
     jobs.append(Job("evaluate", "evaluate", [
