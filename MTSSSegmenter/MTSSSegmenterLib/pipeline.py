@@ -181,9 +181,7 @@ def segment(images: dict[str, sitk.Image], model: str | Path | Bundle | None = N
             kept, removed = remove_small_components(kept, label.GetSpacing(), sizes)
         if rule:
             kept, doubtful = remove_unconfident_components(kept, wt_probability, label.GetSpacing(), *rule)
-        cleaned = sitk.GetImageFromArray(kept)
-        cleaned.CopyInformation(label)
-        label = cleaned
+        label = _placed(kept, label)
     mask = brain_on_grid(case, grid) if brain_mask_out else None
     timings["restore"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0

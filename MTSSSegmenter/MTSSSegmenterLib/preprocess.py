@@ -299,12 +299,7 @@ def restore_on_grid(probabilities: torch.Tensor | np.ndarray, case: PreparedCase
                     threshold: float | Sequence[float] = 0.5) -> sitk.Image:
     """Region probabilities (3, z, y, x) at the working resolution -> uint8 label map on ``grid`` (thresholds
     as :func:`restore`), by one linear interpolation of each region's probability."""
-    target = grid.reference_image(sitk.sitkFloat32)
-    regions = []
     t = per_region(threshold, int(probabilities.shape[0]))
-    for ch in range(int(probabilities.shape[0])):
-        img = working_image_of(probabilities[ch], case)
-        regions.append(sitk.GetArrayFromImage(sitk.Resample(img, target, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                            sitk.sitkFloat32)) >= t[ch])
+    regions = [probability_on_grid(probabilities[ch], case, grid) >= t[ch] for ch in range(len(t))]
     labels = sitk.GetImageFromArray(regions_to_labels(np.stack(regions)))
     return grid.apply(labels)
