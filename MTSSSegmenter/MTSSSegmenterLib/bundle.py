@@ -153,6 +153,14 @@ def _three(value: Any, what: str) -> tuple[float, float, float]:
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
+def _check_subset_key(key: Any, what: str) -> None:
+    """An input set as a key of ``what``: modality codes joined by commas in :data:`MODALITY_CODES` order."""
+    codes = str(key).split(",")
+    if any(c not in MODALITY_CODES for c in codes) or subset_key(codes) != key:
+        raise BundleError(f"{what} has the key {key!r}; keys are modality codes joined by commas in the order "
+                          f"{', '.join(MODALITY_CODES)} (e.g. 't1c,t2f').")
+
+
 def _threshold_sets(block: dict[str, Any], where: str) -> tuple[tuple[float, float, float], dict[str, tuple]]:
     """``threshold`` and ``subset_thresholds`` of one block of ``inference``, checked."""
     default = _three(block.get("threshold", 0.5), f"{where}threshold")
@@ -161,10 +169,7 @@ def _threshold_sets(block: dict[str, Any], where: str) -> tuple[tuple[float, flo
         raise BundleError(f"{where}subset_thresholds must map input sets to thresholds, got {subsets!r}.")
     chosen = {}
     for key, value in subsets.items():
-        codes = str(key).split(",")
-        if not codes or any(c not in MODALITY_CODES for c in codes) or subset_key(codes) != key:
-            raise BundleError(f"{where}subset_thresholds has the key {key!r}; keys are modality codes joined by "
-                              f"commas in the order {', '.join(MODALITY_CODES)} (e.g. 't1c,t2f').")
+        _check_subset_key(key, f"{where}subset_thresholds")
         chosen[key] = _three(value, f"{where}subset_thresholds[{key!r}]")
     return default, chosen
 
@@ -239,10 +244,7 @@ def confident_core_rule(meta: dict[str, Any], present: Iterable[str] | None = No
             or not isinstance(fractions, dict)):
         raise BundleError(f"{shape}, got {block!r}.")
     for key, value in fractions.items():
-        codes = str(key).split(",")
-        if any(c not in MODALITY_CODES for c in codes) or subset_key(codes) != key:
-            raise BundleError(f"{where}.min_fraction has the key {key!r}; keys are modality codes joined by commas "
-                              f"in the order {', '.join(MODALITY_CODES)} (e.g. 't1n,t1c,t2w,t2f').")
+        _check_subset_key(key, f"{where}.min_fraction")
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
             raise BundleError(f"{where}.min_fraction[{key!r}] must be a fraction in [0, 1], got {value!r}.")
     if present is None or slice_mm is None or slice_mm < limit:
